@@ -47,7 +47,7 @@ class _AstromerModel(SingleBandModel):
     hf_filename: str
     model_outputs: frozenset[str] = frozenset({"mean", "max", "sequence"})
     value_names = ("time", "mag")
-    #: Astromer-1-sized models ran fastest with 2-4 windows per run on a 2-core CPU.
+    #: Astromer-1-sized models ran fastest with 2-8 windows per run on a 2-core CPU.
     default_batch_size = 4
 
     def __init__(

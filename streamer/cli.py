@@ -1,0 +1,173 @@
+"""Command line: ``streamer replay`` (archives -> file)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from streamer.embedder import MODELS, LightCurveEmbedder, load_model
+
+#: Exit status of a replay in which some alerts were rejected (the summary says how many).
+EXIT_REJECTED = 3
+
+
+@click.group()
+@click.version_option(package_name="streamer")
+def main() -> None:
+    """Real-time embeddings of astronomical alert streams."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--output",
+    "-o",
+    "output",
+    required=True,
+    help="Output file (.parquet, .avro, .jsonl) or - for JSON lines on stdout.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["parquet", "avro", "jsonl"]),
+    help="Output format (default: from the extension).",
+)
+@click.option(
+    "--model",
+    "model_name",
+    type=click.Choice(list(MODELS)),
+    default="atcat",
+    show_default=True,
+    help="Model family.",
+)
+@click.option(
+    "--model-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="STREAMER_MODEL_FILE",
+    help="Local ONNX file instead of the HuggingFace Hub [env: STREAMER_MODEL_FILE].",
+)
+@click.option(
+    "--model-output", help="Model output: last/mean/sequence (ATCAT), mean/max/sequence (Astromer)."
+)
+@click.option(
+    "--reduction",
+    default="non-overlapping-windows",
+    show_default=True,
+    help="Reduction, or several separated by commas.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random-subsample.")
+@click.option(
+    "--onnx-batch-size", type=int, help="Windows per onnxruntime call (default: measured per model)."
+)
+@click.option(
+    "--history",
+    "history_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="SQLite history file (default: in memory).",
+)
+@click.option(
+    "--max-points", type=int, default=10_000, show_default=True, help="Cap on stored points per object."
+)
+@click.option(
+    "--rejects",
+    "rejects_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Avro file for rejected alerts with their bytes (default: OUTPUT.rejects.avro).",
+)
+@click.option(
+    "--framing",
+    type=click.Choice(["auto", "confluent", "container", "schemaless"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--schemaless-schema",
+    default="elasticc.v0_9",
+    show_default=True,
+    help="Schema of schemaless messages: built-in name or .avsc path.",
+)
+@click.option("--batch-size", type=int, default=500, show_default=True, help="Alerts per micro-batch.")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal)."
+)
+def replay(
+    paths: tuple[Path, ...],
+    output: str,
+    fmt: str | None,
+    model_name: str,
+    model_file: Path | None,
+    model_output: str | None,
+    reduction: str,
+    seed: int,
+    onnx_batch_size: int | None,
+    history_path: Path | None,
+    max_points: int,
+    rejects_path: Path | None,
+    framing: str,
+    schemaless_schema: str,
+    batch_size: int,
+    progress: bool | None,
+) -> None:
+    """Embed archived alerts (directories, .avro, .avro.gz, ZTF .tar.gz) into a file.
+
+    Exit status: 0 when every alert was embedded, 3 when some were rejected (see the
+    summary and the rejects file), 1 on errors.
+    """
+    from tqdm import tqdm
+
+    from streamer.alerts import AlertDecoder
+    from streamer.embed import ModelUnavailable
+    from streamer.history import MemoryHistoryStore, SQLiteHistoryStore
+    from streamer.pipeline import Pipeline
+    from streamer.replay import replay as run_replay
+    from streamer.sinks import RejectsFile, open_record_sink
+    from streamer.sources import iter_archive_messages
+
+    reductions = [r.strip() for r in reduction.split(",") if r.strip()]
+    try:
+        model = load_model(
+            model_name,
+            model_file=model_file,
+            output=model_output,
+            reduction=reductions if len(reductions) > 1 else reductions[0],
+            reduction_kwargs={"rng": seed},
+            batch_size=onnx_batch_size,
+        )
+        decoder = AlertDecoder(framing, schemaless_schema=schemaless_schema)
+    except (ValueError, ModelUnavailable) as exc:
+        raise click.ClickException(str(exc)) from exc
+    name = model_name if model_file is None else f"{model_name}:{model_file.name}"
+    history = (
+        SQLiteHistoryStore(history_path, max_points_per_object=max_points)
+        if history_path
+        else MemoryHistoryStore(max_points_per_object=max_points)
+    )
+    if rejects_path is None:
+        rejects_path = Path("rejects.avro" if output == "-" else f"{output}.rejects.avro")
+    show = sys.stderr.isatty() if progress is None else progress
+    with history, open_record_sink(output, fmt) as sink:
+        rejects = RejectsFile(rejects_path)
+        bar = tqdm(unit="msg", disable=not show, file=sys.stderr)
+        try:
+            summary = run_replay(
+                iter_archive_messages(paths),
+                Pipeline(decoder, history, LightCurveEmbedder(model, name)),
+                sink,
+                rejects=rejects,
+                batch_size=batch_size,
+                on_batch=lambda batch, outcome: bar.update(len(batch)),
+            )
+        finally:
+            bar.close()
+            rejects.close()
+    for line in summary.lines():
+        click.echo(line, err=True)
+    if summary.rejected:
+        click.echo(f"rejects    written to {rejects_path}", err=True)
+        sys.exit(EXIT_REJECTED)
+
+
+if __name__ == "__main__":
+    main()
