@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench-embed bench-decode clean
+.PHONY: install test lint format bench-embed bench-decode demo demo-model clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,11 @@ bench-decode: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+
+# The service end to end on a local broker. Offline: STREAMER_MODEL_FILE=path/to/atcat_f32.onnx
+# (or a stand-in with the published signature: make demo-model, then STREAMER_MODEL_FILE=demo-atcat.onnx).
+demo: $(STAMP)
+	$(BIN)/python -m streamer.demo
+
+demo-model: $(STAMP)
+	$(BIN)/python -m streamer.embed.synthetic atcat demo-atcat.onnx

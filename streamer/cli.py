@@ -169,5 +169,73 @@ def replay(
         sys.exit(EXIT_REJECTED)
 
 
+def _time_ms(value: str | None, setting: str) -> int | None:
+    """Milliseconds since the epoch from an integer or an ISO-8601 time (UTC if no zone)."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither milliseconds nor an ISO-8601 time", param_hint=setting
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML configuration file [env: STREAMER_CONFIG_FILE].",
+)
+@click.option("--from-beginning", is_flag=True, help="Replay the input topics from their first offset.")
+@click.option("--from-time", help="Replay from this time (ISO-8601 or ms since the epoch).")
+@click.option("--until-time", help="Stop each partition at this time and exit when all are done.")
+@click.option(
+    "--exit-when-caught-up", is_flag=True, help="Exit once every assigned partition is consumed to its end."
+)
+def run(
+    config_file: Path | None,
+    from_beginning: bool,
+    from_time: str | None,
+    until_time: str | None,
+    exit_when_caught_up: bool,
+) -> None:
+    """Consume alerts from Kafka and publish embeddings (configured by STREAMER_* variables).
+
+    Exit status: 0 after SIGTERM/SIGINT (the current batch is committed first) or when
+    caught up; 1 on a fatal error (authentication, configuration, broker refusal); 2 on a
+    configuration error.
+    """
+    from streamer.config import Config, ConfigError
+    from streamer.embed import ModelUnavailable
+    from streamer.service import run_service
+
+    try:
+        config = Config.load(file=config_file)
+    except ConfigError as exc:
+        click.echo(f"streamer: configuration error: {exc}", err=True)
+        sys.exit(2)
+    if from_beginning:
+        config.start_from = "beginning"
+    if from_time is not None:
+        config.start_from, config.start_time_ms = "time", _time_ms(from_time, "--from-time")
+    config.until_time_ms = _time_ms(until_time, "--until-time") if until_time else config.until_time_ms
+    config.exit_when_caught_up = exit_when_caught_up or config.exit_when_caught_up
+    try:
+        status = run_service(config)
+    except ModelUnavailable as exc:
+        click.echo(f"streamer: model unavailable: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
     main()

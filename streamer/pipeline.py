@@ -9,6 +9,7 @@ messages come from or where the records go.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ class BatchOutcome:
     rejections: list[Rejection] = field(default_factory=list)
     alerts: int = 0
     changed_objects: int = 0
+    decoded_by_survey: Counter[str] = field(default_factory=Counter)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -126,6 +128,7 @@ class Pipeline:
         t1 = clock()
         outcome.stage_seconds["decode"] = t1 - t0
         outcome.alerts = len(alerts)
+        outcome.decoded_by_survey.update(a.survey for a in alerts)
         if not alerts:
             return outcome
         merged = self.history.merge(alerts)

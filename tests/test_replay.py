@@ -10,56 +10,25 @@ from pathlib import Path
 
 import fastavro
 import numpy as np
-import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import streamer.embed as se
-from streamer.alerts import synthetic
 from streamer.cli import EXIT_REJECTED, main
 from streamer.records import EmbeddingRecord
+from tests.alert_factory import expected_embedding, make_alerts
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "alerts"
 N_OBJECTS = 3
 
 
-def _objects() -> dict[int, np.ndarray]:
-    """Multi-night, multi-band light curves (detections and forced photometry)."""
-    return {
-        1000 + k: synthetic.make_light_curve(
-            40 + 25 * k, cadence_days=0.9 + k, first_source_id=10_000 * (k + 1), seed=k
-        )
-        for k in range(N_OBJECTS)
-    }
-
-
-def _alert_messages(
-    objects: dict[int, np.ndarray], every: int = 4
-) -> list[tuple[str, bytes, int, np.ndarray]]:
-    """(name, Rubin-framed bytes, alert id, expected light curve) for every ``every``-th detection."""
-    out = []
-    for object_id, curve in objects.items():
-        detections = np.flatnonzero(curve["kind"] == 0)
-        for i in detections[::every]:
-            alert_id = int(curve["source_id"][i])
-            record = synthetic.make_lsst_alert_from_light_curve(
-                curve[: i + 1], object_id=object_id, alert_id=alert_id, cutout_bytes=2000
-            )
-            out.append(
-                (f"{object_id}-{alert_id}.avro", synthetic.encode_confluent(record), alert_id, curve[: i + 1])
-            )
-    return out
-
-
 @pytest.fixture(scope="module")
 def alerts() -> list[tuple[str, bytes, int, np.ndarray]]:
-    return _alert_messages(_objects())
+    return [(a.name, a.data, a.alert_id, a.curve) for a in make_alerts(N_OBJECTS)]
 
 
 def _expected(atcat_file: Path, curve: np.ndarray) -> np.ndarray:
-    model = se.ATCAT(ort.InferenceSession(str(atcat_file)))
-    return model(curve["time"], curve["flux"], curve["flux_err"], curve["band"].astype(np.int64))
+    return expected_embedding(atcat_file, curve)
 
 
 def _read_parquet(path: Path) -> list[dict]:

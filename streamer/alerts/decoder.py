@@ -28,7 +28,7 @@ from streamer.alerts.container import (
 )
 from streamer.alerts.dia import DIA_FIELDS, dia_alert, dia_layout
 from streamer.alerts.errors import RejectedAlert
-from streamer.alerts.projection import AvroProjection
+from streamer.alerts.projection import Projection
 from streamer.alerts.schemas import (
     RegistryClient,
     RubinSchemas,
@@ -60,23 +60,27 @@ class Framing(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class _DecodingPlan:
-    """Everything derived from one writer schema: built once, reused for every alert."""
+    """Everything derived from one writer schema: built once, reused for every alert.
 
-    projection: AvroProjection
+    ``projection`` holds the parsed writer schema and the pruned reader schema that
+    fastavro decodes with, so neither is parsed again for the next alert.
+    """
+
+    projection: Projection
     to_alert: Callable[[dict[str, Any], Counter[str]], DecodedAlert]
 
 
 def _plan(schema: dict[str, Any]) -> _DecodingPlan:
-    """Pick the survey mapping from the writer schema's name and compile its projection."""
+    """Pick the survey mapping from the writer schema's name and prune its reader schema."""
     name = schema.get("name", "")
     if name.startswith(("lsst.", "elasticc.")):
         layout = dia_layout(schema)
         return _DecodingPlan(
-            AvroProjection(schema, DIA_FIELDS), lambda record, dropped: dia_alert(record, layout, dropped)
+            Projection(schema, DIA_FIELDS), lambda record, dropped: dia_alert(record, layout, dropped)
         )
     if name == "ztf.alert":
         check_ztf_schema(schema)
-        return _DecodingPlan(AvroProjection(schema, ZTF_FIELDS), ztf_alert)
+        return _DecodingPlan(Projection(schema, ZTF_FIELDS), ztf_alert)
     raise RejectedAlert("unknown_schema", f"{name!r} is not a Rubin, ELAsTiCC or ZTF alert schema")
 
 
@@ -94,10 +98,11 @@ def _load_schemaless_schema(source: SchemaSource) -> dict[str, Any]:
 class AlertDecoder:
     """Decode alert messages of any supported stream into :class:`DecodedAlert`.
 
-    Only the fields the pipeline needs are decoded (see
-    :class:`~streamer.alerts.projection.AvroProjection`); cutouts are skipped unread.
-    Parsed schemas and compiled projections are cached per Confluent schema id and per
-    fingerprint of a container file's embedded schema. A decoder is meant for one thread.
+    fastavro decodes only the fields the pipeline needs, resolving each writer schema
+    against a pruned reader schema (see :class:`~streamer.alerts.projection.Projection`);
+    cutouts are skipped unread. Parsed writer and reader schemas are cached per Confluent
+    schema id and per fingerprint of a container file's embedded schema, so neither is
+    parsed again per message. A decoder is meant for one thread.
 
     Parameters
     ----------
@@ -113,7 +118,7 @@ class AlertDecoder:
     registry_client : RegistryClient, optional
         A ready registry client instead of ``registry_url``.
     schema_cache_size : int
-        Container-file schemas kept compiled; the least recently used is evicted.
+        Container-file schemas kept parsed; the least recently used is evicted.
 
     Attributes
     ----------
@@ -198,17 +203,18 @@ class AlertDecoder:
         try:
             header = read_container_header(data)
             plan = self._container_plan(header)
-            for count, block in iter_container_blocks(data, header):
-                pos = 0
+            for count, records, end in iter_container_blocks(data, header):
                 try:
                     for _ in range(count):
-                        record, pos = plan.projection.read(block, pos)
+                        record = plan.projection.read(records, end)
                         try:
                             yield plan.to_alert(record, self.dropped_rows)
                         except RejectedAlert as rejection:
                             reject(rejection)
-                    if pos != len(block):
-                        raise RejectedAlert("schema_mismatch", f"{len(block) - pos} bytes left in a block")
+                    if records.tell() != end:
+                        raise RejectedAlert(
+                            "schema_mismatch", f"{end - records.tell()} bytes left in a block"
+                        )
                 except RejectedAlert as rejection:
                     reject(rejection)
         except RejectedAlert as rejection:
@@ -247,11 +253,11 @@ class AlertDecoder:
         header = read_container_header(message)
         plan = self._container_plan(header)
         alerts: list[dict[str, Any]] = []
-        for count, block in iter_container_blocks(message, header):
+        for count, records, end in iter_container_blocks(message, header):
             if count + len(alerts) > 1:
                 raise RejectedAlert("bad_container", "holds more than one alert; use iter_container")
             if count:
-                alerts.append(plan.projection.read_whole(block))
+                alerts.append(plan.projection.read_to_end(records, end))
         if not alerts:
             raise RejectedAlert("bad_container", "holds no alert")
         return plan.to_alert(alerts[0], self.dropped_rows)

@@ -22,7 +22,7 @@ from streamer.alerts.projection import named_types
 from streamer.alerts.schemas import INTEGER, NUMERIC, check_fields, record_schema
 from streamer.photometry import DecodedAlert, PointKind, flux_to_mag
 
-#: Fields read from DIA alerts, at any depth (see :class:`~streamer.alerts.projection.AvroProjection`);
+#: Fields read from DIA alerts, at any depth (see :func:`~streamer.alerts.projection.reader_schema`);
 #: cutouts, diaObject summaries and every other column are skipped.
 DIA_FIELDS = frozenset(
     {

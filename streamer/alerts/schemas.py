@@ -1,7 +1,7 @@
 """Where writer schemas come from: lsst-alert-packet, a schema registry, files, ELAsTiCC.
 
 Every function here returns schemas parsed by :func:`fastavro.parse_schema` (named types
-fully qualified), the form :class:`~streamer.alerts.projection.AvroProjection` takes.
+fully qualified), the form :class:`~streamer.alerts.projection.Projection` takes.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ padding values never leak into ``mean`` / ``max`` / ``last``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -519,3 +520,30 @@ def build_atcat_sized(path: str | os.PathLike[str], seed: int = 0, *, fp16: bool
         fp16=fp16,
         seed=seed,
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m streamer.embed.synthetic {atcat,astromer} OUT.onnx [--sized]``.
+
+    Writes a random-weight model with the published signature: a stand-in for the real
+    weights where the HuggingFace Hub is out of reach (the demo, smoke tests). Its
+    embeddings mean nothing.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m streamer.embed.synthetic", description=main.__doc__)
+    parser.add_argument("family", choices=["atcat", "astromer"])
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--sized", action="store_true", help="published architecture sizes (slow)")
+    args = parser.parse_args(argv)
+    builders: dict[tuple[str, bool], Callable[..., Path]] = {
+        ("atcat", False): build_atcat,
+        ("atcat", True): build_atcat_sized,
+        ("astromer", False): build_astromer,
+        ("astromer", True): build_astromer1_sized,
+    }
+    print(builders[args.family, args.sized](args.output))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Container files: the hand-read header, blocks of every codec, archives with many alerts."""
+"""Container files: header and blocks read by fastavro, cached schemas, archives with many alerts."""
 
 from __future__ import annotations
 
@@ -29,8 +29,9 @@ def test_header_exposes_the_embedded_schema_unparsed(ztf_sample: bytes) -> None:
     assert header.codec == "null"
     assert json.loads(header.schema_json)["name"] == "alert"
     assert header.schema_json == fastavro.reader(io.BytesIO(ztf_sample)).metadata["avro.schema"].encode()
+    assert ztf_sample.endswith(header.sync)  # every block ends with it; the sample has one
     assert header.fingerprint == read_container_header(bytes(ztf_sample)).fingerprint
-    assert [count for count, _ in iter_container_blocks(ztf_sample, header)] == [1]
+    assert [block.n_records for block in iter_container_blocks(ztf_sample, header)] == [1]
 
 
 def _archive(n_alerts: int, codec: str = "null", sync_interval: int = 2000) -> tuple[bytes, list[np.ndarray]]:
@@ -118,6 +119,42 @@ def test_broken_container_framing(mangle: Callable[[bytes], bytes], reason: str)
     assert caught.value.reason == reason
 
 
+def _long(value: int) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, "long", value)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("size_change", "reason"), [(2, "schema_mismatch"), (-2, "truncated")])
+def test_records_must_fill_their_block(size_change: int, reason: str) -> None:
+    data, _ = _archive(1)
+    header = read_container_header(data)
+    (block,) = iter_container_blocks(data, header)
+    records = block.records.getvalue()[: block.end]
+    # Same record, in a block declared (and cut, or padded) to another size.
+    body = records + bytes(size_change) if size_change > 0 else records[:size_change]
+    rebuilt = data[: header.data_offset] + _long(1) + _long(len(body)) + body + header.sync
+    for decode in (AlertDecoder().decode, lambda d: list(AlertDecoder().iter_container(d))):
+        with pytest.raises(RejectedAlert) as caught:
+            decode(rebuilt)
+        assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        _long(1) + _long(2) + b"\xff\xfe" + _long(1) + b"x" + _long(0),  # a key that is not UTF-8
+        _long(1) + _long(-3) + bytes(40),  # a key of length -3
+    ],
+    ids=["UTF-8", "negative length"],
+)
+def test_malformed_metadata_is_a_bad_container(metadata: bytes) -> None:
+    data = b"Obj\x01" + metadata + bytes(16) + _long(0) + _long(0) + bytes(16)
+    with pytest.raises(RejectedAlert) as caught:
+        AlertDecoder().decode(data)
+    assert caught.value.reason == "bad_container"
+
+
 def test_unsupported_codec_and_missing_schema_are_bad_containers() -> None:
     data, _ = _archive(1)
     header = read_container_header(data)
@@ -134,21 +171,30 @@ def test_unsupported_codec_and_missing_schema_are_bad_containers() -> None:
 
 def test_schemas_are_parsed_once_per_fingerprint(monkeypatch: pytest.MonkeyPatch, ztf_sample: bytes) -> None:
     import streamer.alerts.decoder as decoder_module
+    from streamer.alerts.projection import Projection
 
     calls = []
     original = decoder_module.parse_schema_json
+    pruned: list[Projection] = []
 
     def counting(text: bytes) -> dict[str, Any]:
         calls.append(text)
         return original(text)
 
+    def counting_projection(schema: dict[str, Any], fields: Any) -> Projection:
+        pruned.append(Projection(schema, fields))
+        return pruned[-1]
+
     monkeypatch.setattr(decoder_module, "parse_schema_json", counting)
+    monkeypatch.setattr(decoder_module, "Projection", counting_projection)
     curve = make_light_curve(3, bands="gr", forced_every=0)
     ztf_4 = encode_ztf_container(make_ztf_alert("ZTF24aaaaaaa", 1, curve[-1], curve[:-1]))
     decoder = AlertDecoder()
+    pruned.clear()  # the schemaless ELAsTiCC plan, made up front
     for message in [ztf_sample] * 3 + [ztf_4, ztf_sample, ztf_4, ztf_sample]:
         decoder.decode(message)
     assert len(calls) == 2  # one per distinct embedded schema
+    assert len(pruned) == 2  # and one pruned reader schema each
 
 
 def test_the_schema_cache_is_bounded() -> None:

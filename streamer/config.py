@@ -1,0 +1,231 @@
+"""Service configuration: one typed object from ``STREAMER_*`` variables and a YAML file.
+
+Precedence: environment variables over the YAML file (``STREAMER_CONFIG_FILE`` or
+``--config``) over defaults. Every error names the setting, e.g.
+``STREAMER_BATCH_MAX_MESSAGES: expected a positive integer, got 'many'``.
+
+librdkafka properties pass through unchanged: ``STREAMER_KAFKA_SECURITY_PROTOCOL=SASL_SSL``
+becomes ``security.protocol`` (underscores become dots), or a ``kafka:`` mapping in the
+file. Secrets are read from files: ``STREAMER_KAFKA_SASL_PASSWORD_FILE=/run/secrets/pw``
+sets ``sasl.password`` to the file's content. Secret values never appear in ``repr``,
+logs or error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from streamer.embedder import MODELS
+
+#: librdkafka properties whose values are secrets (masked everywhere).
+SECRET_KAFKA_KEYS = frozenset(
+    {"sasl.password", "ssl.key.password", "ssl.keystore.password", "sasl.oauthbearer.client.secret"}
+)
+ENV_PREFIX = "STREAMER_"
+KAFKA_PREFIX = "STREAMER_KAFKA_"
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message starts with the setting's name."""
+
+
+@dataclass
+class Config:
+    """Everything ``streamer run`` needs. See the README's configuration table."""
+
+    bootstrap_servers: str = ""
+    input_topics: list[str] = field(default_factory=list)
+    input_pattern: str | None = None
+    output_topic: str = "alert-embeddings"
+    dead_letter_topic: str = "alert-embeddings-dlq"
+    group_id: str = "streamer"
+    instance_id: str = field(default_factory=socket.gethostname)
+    delivery: str = "exactly-once"
+    batch_max_messages: int = 500
+    batch_max_wait_s: float = 1.0
+    model: str = "atcat"
+    model_file: str | None = None
+    model_output: str | None = None
+    reduction: str = "non-overlapping-windows"
+    onnx_batch_size: int | None = None
+    window_cache_bytes: int = 256 << 20
+    use_fp16: bool = False
+    onnx_providers: list[str] = field(default_factory=list)
+    history_path: str | None = None
+    max_points_per_object: int = 10_000
+    framing: str = "auto"
+    schemaless_schema: str = "elasticc.v0_9"
+    schema_registry_url: str | None = None
+    metrics_port: int = 8000
+    log_format: str = "text"
+    log_level: str = "INFO"
+    start_from: str = "committed"
+    start_time_ms: int | None = None
+    until_time_ms: int | None = None
+    exit_when_caught_up: bool = False
+    kafka: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["kafka"] = masked(self.kafka)
+        return "Config(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+
+    @property
+    def transactional_id(self) -> str:
+        """Stable per instance, so a restarted pod fences its previous incarnation."""
+        return f"{self.group_id}-{self.instance_id}"
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, file: str | os.PathLike[str] | None = None
+    ) -> Config:
+        """Build and validate the configuration.
+
+        Parameters
+        ----------
+        environ : mapping, optional
+            Environment (default ``os.environ``).
+        file : path, optional
+            YAML file; default ``STREAMER_CONFIG_FILE`` when set.
+
+        Raises
+        ------
+        ConfigError
+            Naming the first bad setting.
+        """
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        file = file or env.get("STREAMER_CONFIG_FILE")
+        if file:
+            values.update(_read_yaml(Path(file)))
+        known = {f.name: f for f in fields(cls)}
+        for f in known.values():
+            key = ENV_PREFIX + f.name.upper()
+            if key in env and f.name != "kafka":
+                values[f.name] = env[key]
+        if not values.get("bootstrap_servers") and env.get("KAFKA_BOOTSTRAP_SERVERS"):
+            values["bootstrap_servers"] = env["KAFKA_BOOTSTRAP_SERVERS"]
+        kafka = {str(k): str(v) for k, v in dict(values.pop("kafka", None) or {}).items()}
+        for key, value in env.items():
+            if key.startswith(KAFKA_PREFIX):
+                kafka[key[len(KAFKA_PREFIX) :].lower().replace("_", ".")] = value
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+        config = cls(**{name: _convert(name, known[name].type, value) for name, value in values.items()})
+        config.kafka = _resolve_secret_files(kafka)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Check values and combinations; raise :class:`ConfigError` naming the setting."""
+        if not self.bootstrap_servers:
+            raise ConfigError("STREAMER_BOOTSTRAP_SERVERS: required (host:port[,host:port...])")
+        if bool(self.input_topics) == bool(self.input_pattern):
+            raise ConfigError(
+                "STREAMER_INPUT_TOPICS: give input topics or STREAMER_INPUT_PATTERN (one of them)"
+            )
+        if self.delivery not in ("exactly-once", "at-least-once"):
+            raise ConfigError(
+                f"STREAMER_DELIVERY: expected exactly-once or at-least-once, got {self.delivery!r}"
+            )
+        if self.model not in MODELS:
+            raise ConfigError(f"STREAMER_MODEL: expected one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.model_file is not None and not Path(self.model_file).is_file():
+            raise ConfigError(f"STREAMER_MODEL_FILE: {self.model_file!r} is not a file")
+        for name in ("batch_max_messages", "max_points_per_object"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"STREAMER_{name.upper()}: must be at least 1, got {getattr(self, name)}")
+        if self.batch_max_wait_s <= 0:
+            raise ConfigError(f"STREAMER_BATCH_MAX_WAIT_S: must be positive, got {self.batch_max_wait_s}")
+        if self.onnx_batch_size is not None and self.onnx_batch_size < 1:
+            raise ConfigError(f"STREAMER_ONNX_BATCH_SIZE: must be at least 1, got {self.onnx_batch_size}")
+        if not 0 < self.metrics_port < 65536:
+            raise ConfigError(f"STREAMER_METRICS_PORT: not a TCP port: {self.metrics_port}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"STREAMER_LOG_FORMAT: expected text or json, got {self.log_format!r}")
+        if self.start_from not in ("committed", "beginning", "end", "time"):
+            raise ConfigError(
+                f"STREAMER_START_FROM: expected committed, beginning, end or time, got {self.start_from!r}"
+            )
+        if self.start_from == "time" and self.start_time_ms is None:
+            raise ConfigError("STREAMER_START_TIME_MS: required with STREAMER_START_FROM=time")
+        for key in ("group.id", "transactional.id", "enable.auto.commit", "isolation.level"):
+            if key in self.kafka:
+                raise ConfigError(f"STREAMER_KAFKA_{key.upper().replace('.', '_')}: set by streamer itself")
+
+
+def masked(kafka: Mapping[str, str]) -> dict[str, str]:
+    """librdkafka properties with secret values replaced by ``***``."""
+    return {k: ("***" if k in SECRET_KAFKA_KEYS else v) for k, v in kafka.items()}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"STREAMER_CONFIG_FILE: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"STREAMER_CONFIG_FILE: {path} is not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"STREAMER_CONFIG_FILE: {path} must hold a mapping of settings")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _resolve_secret_files(kafka: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for key, value in kafka.items():
+        if key.endswith(".file") and key[: -len(".file")] in SECRET_KAFKA_KEYS | {"sasl.username"}:
+            target = key[: -len(".file")]
+            try:
+                out[target] = Path(value).read_text().strip()
+            except OSError as exc:
+                env_name = KAFKA_PREFIX + key.upper().replace(".", "_")
+                raise ConfigError(f"{env_name}: cannot read secret file {value!r}: {exc.strerror}") from None
+        else:
+            out[key] = value
+    return out
+
+
+def _convert(name: str, kind: Any, value: Any) -> Any:
+    """Convert a raw (string or YAML) value to the field's type, naming the setting on error."""
+    setting = ENV_PREFIX + name.upper()
+    text = str(kind)
+    if value is None:
+        if "None" in text:
+            return None
+        raise ConfigError(f"{setting}: must not be empty")
+    try:
+        if text.startswith("list"):
+            items = value if isinstance(value, list) else str(value).split(",")
+            return [str(v).strip() for v in items if str(v).strip()]
+        if text.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if text.startswith("int"):
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value) if str(value).strip() else None
+        if text.startswith("float"):
+            return float(value)
+        if text.startswith("dict"):
+            raise ValueError
+        return str(value) if str(value) != "" or "None" not in text else None
+    except (TypeError, ValueError):
+        expected = text.split(" |")[0].replace("list[str]", "comma-separated list").replace("int", "integer")
+        raise ConfigError(f"{setting}: expected {expected}, got {value!r}") from None

@@ -1,0 +1,152 @@
+"""Kafka sink: embedding records to the output topic, rejections to the dead-letter topic.
+
+Value encoding, chosen so consumers never guess:
+
+* with a schema registry: the Confluent wire format (``0x00``, 4-byte schema id, Avro),
+  registering ``schemas/embedding.avsc`` under ``<topic>-value``;
+* without one: Avro *single-object encoding* from the Avro specification (``0xC3 0x01``,
+  the schema's 8-byte little-endian CRC-64-AVRO fingerprint, then the Avro binary), with
+  the header ``content-type: application/vnd.apache.avro+binary; schema=...``. Readers
+  check the fingerprint against ``schemas/embedding.avsc`` (see
+  :func:`decode_record_value`).
+
+Keys are the object id (UTF-8), so all records of an object land in one partition, in
+order. Dead-letter records carry the original message bytes and the headers
+``streamer.reason``, ``streamer.detail``, ``streamer.source.topic``,
+``streamer.source.partition`` and ``streamer.source.offset``.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from streamer.pipeline import Rejection
+from streamer.records import EmbeddingRecord, record_schema
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONTENT_TYPE = "application/vnd.apache.avro+binary; schema=org.streamer.v1.EmbeddingRecord"
+
+
+def schema_fingerprint() -> bytes:
+    """CRC-64-AVRO fingerprint of the record schema, little-endian, as single-object encoding wants."""
+    value = int(fingerprint(to_parsing_canonical_form(record_schema()), "CRC-64-AVRO"), 16)
+    return struct.pack("<Q", value)
+
+
+def encode_record_value(record: EmbeddingRecord, prefix: bytes) -> bytes:
+    buffer = io.BytesIO()
+    buffer.write(prefix)
+    fastavro.schemaless_writer(buffer, record_schema(), record.to_avro())
+    return buffer.getvalue()
+
+
+def decode_record_value(value: bytes) -> EmbeddingRecord:
+    """Decode an output-topic value written without a registry (single-object encoding).
+
+    Raises
+    ------
+    ValueError
+        If the value is not single-object encoded with this schema's fingerprint.
+    """
+    if value[:2] != SINGLE_OBJECT_MAGIC:
+        raise ValueError("not an Avro single-object encoded value")
+    if value[2:10] != schema_fingerprint():
+        raise ValueError("written with another schema (fingerprint differs from schemas/embedding.avsc)")
+    data = fastavro.schemaless_reader(io.BytesIO(value[10:]), record_schema(), None)
+    return EmbeddingRecord.from_avro(data)  # type: ignore[arg-type]
+
+
+class RecordEncoder:
+    """Turns records into Kafka values: Confluent framing with a registry, else single-object."""
+
+    def __init__(self, topic: str, registry_url: str | None = None) -> None:
+        if registry_url:
+            from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+            from streamer.records import SCHEMA_PATH
+
+            client = SchemaRegistryClient({"url": registry_url})
+            registered = client.register_schema(f"{topic}-value", Schema(SCHEMA_PATH.read_text(), "AVRO"))
+            schema_id = registered if isinstance(registered, int) else registered.schema_id
+            self.prefix = b"\x00" + struct.pack(">I", schema_id)
+            self.headers: list[tuple[str, bytes]] = []
+        else:
+            self.prefix = SINGLE_OBJECT_MAGIC + schema_fingerprint()
+            self.headers = [("content-type", CONTENT_TYPE.encode())]
+
+    def encode(self, record: EmbeddingRecord) -> bytes:
+        return encode_record_value(record, self.prefix)
+
+
+class KafkaRecordSink:
+    """Produces a micro-batch's records and rejections on a (transactional) producer.
+
+    Parameters
+    ----------
+    producer : confluent_kafka.Producer
+    output_topic, dead_letter_topic : str
+    encoder : RecordEncoder
+    on_delivery_error : callable
+        Called with the error of any message the broker did not accept.
+    """
+
+    def __init__(
+        self,
+        producer: Any,
+        output_topic: str,
+        dead_letter_topic: str,
+        encoder: RecordEncoder,
+        on_delivery_error: Callable[[Any], None],
+    ) -> None:
+        self.producer = producer
+        self.output_topic = output_topic
+        self.dead_letter_topic = dead_letter_topic
+        self.encoder = encoder
+        self._on_error = on_delivery_error
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._on_error(err)
+
+    def _produce(self, **kwargs: Any) -> None:
+        while True:
+            try:
+                self.producer.produce(on_delivery=self._delivered, **kwargs)
+                return
+            except BufferError:
+                # Local queue full: let librdkafka send, then retry.
+                self.producer.poll(0.1)
+
+    def write(self, records: Sequence[EmbeddingRecord], rejections: Sequence[tuple[Rejection, Any]]) -> None:
+        """Queue every record and rejection; ``rejections`` pairs each with its source message."""
+        for record in records:
+            self._produce(
+                topic=self.output_topic,
+                key=record.object_id.encode(),
+                value=self.encoder.encode(record),
+                headers=self.encoder.headers,
+            )
+        for rejection, message in rejections:
+            headers = [
+                ("streamer.reason", rejection.reason.encode()),
+                ("streamer.detail", rejection.detail.encode(errors="replace")[:4000]),
+            ]
+            if message is not None:
+                headers += [
+                    ("streamer.source.topic", str(message.topic()).encode()),
+                    ("streamer.source.partition", str(message.partition()).encode()),
+                    ("streamer.source.offset", str(message.offset()).encode()),
+                ]
+            self._produce(
+                topic=self.dead_letter_topic,
+                key=message.key() if message is not None else None,
+                value=rejection.data,
+                headers=headers,
+            )
+        self.producer.poll(0)

@@ -1,0 +1,50 @@
+"""Rubin-framed alerts of several objects with known light curves, for end-to-end tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+import streamer.embed as se
+from streamer.alerts import synthetic
+
+
+@dataclass(frozen=True)
+class GeneratedAlert:
+    name: str
+    object_id: str
+    alert_id: int
+    data: bytes
+    curve: np.ndarray  # the light curve the alert's record must embed
+
+
+def make_alerts(
+    n_objects: int = 3, every: int = 4, base_points: int = 40, cutout_bytes: int = 2000
+) -> list[GeneratedAlert]:
+    """Alerts at every ``every``-th detection of multi-night, multi-band light curves."""
+    out = []
+    for k in range(n_objects):
+        object_id = 1000 + k
+        curve = synthetic.make_light_curve(
+            base_points + 25 * (k % 4), cadence_days=0.9 + k % 3, first_source_id=10_000 * (k + 1), seed=k
+        )
+        detections = np.flatnonzero(curve["kind"] == 0)
+        for i in detections[::every]:
+            alert_id = int(curve["source_id"][i])
+            record = synthetic.make_lsst_alert_from_light_curve(
+                curve[: i + 1], object_id=object_id, alert_id=alert_id, cutout_bytes=cutout_bytes
+            )
+            data = synthetic.encode_confluent(record)
+            out.append(
+                GeneratedAlert(f"{object_id}-{alert_id}.avro", str(object_id), alert_id, data, curve[: i + 1])
+            )
+    return out
+
+
+def expected_embedding(atcat_file: Path, curve: np.ndarray) -> np.ndarray:
+    """What the ATCAT file gives for a light curve, called directly."""
+    model = se.ATCAT(ort.InferenceSession(str(atcat_file)))
+    return model(curve["time"], curve["flux"], curve["flux_err"], curve["band"].astype(np.int64))

@@ -1,0 +1,92 @@
+"""Configuration: STREAMER_* variables, a YAML file, librdkafka pass-through, secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamer.config import Config, ConfigError
+
+BASE = {"STREAMER_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "STREAMER_INPUT_TOPICS": "lsst-alerts, ztf-alerts"}
+
+
+def test_environment_builds_a_typed_config() -> None:
+    config = Config.load(
+        {
+            **BASE,
+            "STREAMER_BATCH_MAX_MESSAGES": "250",
+            "STREAMER_BATCH_MAX_WAIT_S": "0.5",
+            "STREAMER_DELIVERY": "at-least-once",
+            "STREAMER_EXIT_WHEN_CAUGHT_UP": "yes",
+            "STREAMER_INSTANCE_ID": "streamer-0",
+        }
+    )
+    assert config.input_topics == ["lsst-alerts", "ztf-alerts"]
+    assert config.batch_max_messages == 250 and config.batch_max_wait_s == 0.5
+    assert config.delivery == "at-least-once" and config.exit_when_caught_up is True
+    assert config.transactional_id == "streamer-streamer-0"
+
+
+def test_yaml_file_with_environment_overrides(tmp_path) -> None:
+    file = tmp_path / "streamer.yaml"
+    file.write_text(
+        "bootstrap_servers: broker:9092\ninput_pattern: 'alerts-.*'\nbatch_max_messages: 100\n"
+        "kafka:\n  security.protocol: SASL_SSL\n  sasl.mechanism: SCRAM-SHA-512\n"
+    )
+    config = Config.load({"STREAMER_BATCH_MAX_MESSAGES": "42"}, file=file)
+    assert config.bootstrap_servers == "broker:9092" and config.input_pattern == "alerts-.*"
+    assert config.batch_max_messages == 42
+    assert config.kafka == {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512"}
+
+
+def test_kafka_properties_pass_through_and_secrets_come_from_files(tmp_path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cr3t-value\n")
+    config = Config.load(
+        {
+            **BASE,
+            "STREAMER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "STREAMER_KAFKA_SASL_USERNAME": "broker-user",
+            "STREAMER_KAFKA_SASL_PASSWORD_FILE": str(secret),
+        }
+    )
+    assert config.kafka["security.protocol"] == "SASL_SSL"
+    assert config.kafka["sasl.password"] == "s3cr3t-value"
+    assert "s3cr3t-value" not in repr(config)
+    assert "'sasl.password': '***'" in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"STREAMER_INPUT_TOPICS": "a"}, "STREAMER_BOOTSTRAP_SERVERS: required"),
+        ({"STREAMER_BOOTSTRAP_SERVERS": "b:1"}, "STREAMER_INPUT_TOPICS: give input topics"),
+        (
+            {**BASE, "STREAMER_BATCH_MAX_MESSAGES": "many"},
+            "STREAMER_BATCH_MAX_MESSAGES: expected integer, got 'many'",
+        ),
+        ({**BASE, "STREAMER_BATCH_MAX_MESSAGES": "0"}, "STREAMER_BATCH_MAX_MESSAGES: must be at least 1"),
+        ({**BASE, "STREAMER_DELIVERY": "twice"}, "STREAMER_DELIVERY: expected exactly-once or at-least-once"),
+        ({**BASE, "STREAMER_MODEL": "gpt"}, "STREAMER_MODEL: expected one of atcat"),
+        (
+            {**BASE, "STREAMER_MODEL_FILE": "/nonexistent.onnx"},
+            "STREAMER_MODEL_FILE: '/nonexistent.onnx' is not a file",
+        ),
+        ({**BASE, "STREAMER_EXIT_WHEN_CAUGHT_UP": "perhaps"}, "STREAMER_EXIT_WHEN_CAUGHT_UP: expected bool"),
+        ({**BASE, "STREAMER_METRICS_PORT": "70000"}, "STREAMER_METRICS_PORT: not a TCP port"),
+        ({**BASE, "STREAMER_KAFKA_GROUP_ID": "x"}, "STREAMER_KAFKA_GROUP_ID: set by streamer itself"),
+        (
+            {**BASE, "STREAMER_KAFKA_SASL_PASSWORD_FILE": "/nonexistent"},
+            "STREAMER_KAFKA_SASL_PASSWORD_FILE: cannot read",
+        ),
+    ],
+)
+def test_errors_name_the_bad_setting(env, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config.load(env)
+
+
+def test_unknown_setting_in_file_is_named(tmp_path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("bootstrap_servers: b:1\ninput_topics: [a]\nbatch_size: 3\n")
+    with pytest.raises(ConfigError, match="batch_size: unknown setting"):
+        Config.load({}, file=file)
