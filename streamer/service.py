@@ -152,6 +152,9 @@ class Service:
             {
                 **self._kafka_common(),
                 "group.id": c.group_id,
+                # Static membership: a restarted pod (same instance id) takes its
+                # partitions back at once instead of waiting out the session timeout.
+                "group.instance.id": c.instance_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "isolation.level": "read_committed",
