@@ -29,7 +29,8 @@ class PointKind(IntEnum):
 
 
 #: One photometry point. ``flux``/``flux_err`` are nJy (NaN when unknown, e.g. ZTF upper
-#: limits); ``mag``/``mag_err`` are AB magnitudes (NaN for non-positive flux); ``band`` is an
+#: limits); ``mag``/``mag_err`` are AB magnitudes (NaN for non-positive nJy fluxes; ZTF keeps
+#: ``magpsf`` of negative differences, whose flux is negative); ``band`` is an
 #: index into :data:`BANDS`; ``time`` is MJD (TAI for Rubin/ELAsTiCC, UTC-based for ZTF);
 #: ``known_at`` is the time of the earliest alert that carried the point (as-of semantics).
 POINT_DTYPE = np.dtype(
