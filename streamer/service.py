@@ -96,6 +96,7 @@ class Service:
         self.health = Health()
         self.stopping = False
         self._fatal: str | None = None
+        self._delivery_error: Any = None
         self._last_probe = 0.0
         self._assigned: list[TopicPartition] = []
         self._done_partitions: set[tuple[str, int]] = set()

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from streamer.embed.cache import WindowCache
-from streamer.embed.reduction import Reduction, gather_windows, reduction_from_str
+from streamer.embed.reduction import (
+    MultipleReductions,
+    RandomSubsample,
+    Reduction,
+    gather_windows,
+    reduction_from_str,
+)
 
 if TYPE_CHECKING:
     from typing import Self
@@ -235,20 +241,15 @@ class EmbeddingSession(ABC):
             return self._embed_same_dtype(curves, np.arange(len(curves)))
         # Pre-processing arithmetic follows the input dtype (as the reference's does), so
         # curves of different dtypes are embedded in separate groups.
-        groups: dict[tuple[np.dtype, ...], list[int]] = {}
+        # With random subsampling, one group per curve keeps the generator's draws in
+        # call order.
+        groups: dict[object, list[int]] = {}
         for i, sig in enumerate(signatures):
-            groups.setdefault(sig, []).append(i)
-        if self._draws_randomly():
-            # One group per curve keeps the generator's draws in call order.
-            parts = [
-                (np.array([i]), self._embed_same_dtype([curves[i]], np.array([i])))
-                for i in range(len(curves))
-            ]
-        else:
-            parts = []
-            for members in groups.values():
-                idx = np.asarray(members)
-                parts.append((idx, self._embed_same_dtype([curves[i] for i in idx], idx)))
+            groups.setdefault(i if self._draws_randomly() else sig, []).append(i)
+        parts = []
+        for members in groups.values():
+            idx = np.asarray(members)
+            parts.append((idx, self._embed_same_dtype([curves[i] for i in idx], idx)))
         first = parts[0][1]
         out = np.empty((len(curves), *first.shape[1:]), dtype=np.result_type(*(p[1] for p in parts)))
         for idx, emb in parts:
@@ -256,8 +257,6 @@ class EmbeddingSession(ABC):
         return out
 
     def _draws_randomly(self) -> bool:
-        from streamer.embed.reduction import MultipleReductions, RandomSubsample
-
         if isinstance(self.reduction, MultipleReductions):
             return any(isinstance(r, RandomSubsample) for r in self.reduction.reductions)
         return isinstance(self.reduction, RandomSubsample)
