@@ -1,13 +1,19 @@
-"""Command line: ``streamer replay`` (archives -> file)."""
+"""Command line: ``streamer replay`` (archives -> file), ``run`` and ``repartition`` (Kafka)."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from streamer.alerts import Framing
 from streamer.embedder import MODELS, LightCurveEmbedder, load_model
+
+if TYPE_CHECKING:
+    from streamer.config import Config
 
 #: Exit status of a replay in which some alerts were rejected (the summary says how many).
 EXIT_REJECTED = 3
@@ -78,7 +84,7 @@ def main() -> None:
 )
 @click.option(
     "--framing",
-    type=click.Choice(["auto", "confluent", "container", "schemaless"]),
+    type=click.Choice([f.value for f in Framing]),
     default="auto",
     show_default=True,
 )
@@ -188,35 +194,40 @@ def _time_ms(value: str | None, setting: str) -> int | None:
     return int(moment.timestamp() * 1000)
 
 
-@main.command()
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="YAML configuration file [env: STREAMER_CONFIG_FILE].",
-)
-@click.option("--from-beginning", is_flag=True, help="Replay the input topics from their first offset.")
-@click.option("--from-time", help="Replay from this time (ISO-8601 or ms since the epoch).")
-@click.option("--until-time", help="Stop each partition at this time and exit when all are done.")
-@click.option(
-    "--exit-when-caught-up", is_flag=True, help="Exit once every assigned partition is consumed to its end."
-)
-def run(
+def _consumer_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options of the Kafka consumers (``run``, ``repartition``): file, where to start and stop."""
+    options = [
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="YAML configuration file [env: STREAMER_CONFIG_FILE].",
+        ),
+        click.option(
+            "--from-beginning", is_flag=True, help="Replay the input topics from their first offset."
+        ),
+        click.option("--from-time", help="Replay from this time (ISO-8601 or ms since the epoch)."),
+        click.option("--until-time", help="Stop each partition at this time and exit when all are done."),
+        click.option(
+            "--exit-when-caught-up",
+            is_flag=True,
+            help="Exit once every assigned partition is consumed to its end.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _load_config(
     config_file: Path | None,
     from_beginning: bool,
     from_time: str | None,
     until_time: str | None,
     exit_when_caught_up: bool,
-) -> None:
-    """Consume alerts from Kafka and publish embeddings (configured by STREAMER_* variables).
-
-    Exit status: 0 after SIGTERM/SIGINT (the current batch is committed first) or when
-    caught up; 1 on a fatal error (authentication, configuration, broker refusal); 2 on a
-    configuration error.
-    """
+) -> Config:
+    """The configuration with the command line's overrides; exits with status 2 when it is bad."""
     from streamer.config import Config, ConfigError
-    from streamer.embed import ModelUnavailable
-    from streamer.service import run_service
 
     try:
         config = Config.load(file=config_file)
@@ -229,11 +240,52 @@ def run(
         config.start_from, config.start_time_ms = "time", _time_ms(from_time, "--from-time")
     config.until_time_ms = _time_ms(until_time, "--until-time") if until_time else config.until_time_ms
     config.exit_when_caught_up = exit_when_caught_up or config.exit_when_caught_up
+    return config
+
+
+@main.command()
+@_consumer_options
+def run(**options: Any) -> None:
+    """Consume alerts from Kafka and publish embeddings (configured by STREAMER_* variables).
+
+    Exit status: 0 after SIGTERM/SIGINT (the current batch is committed first) or when
+    caught up; 1 on a fatal error (authentication, configuration, broker refusal); 2 on a
+    configuration error.
+    """
+    from streamer.embed import ModelUnavailable
+    from streamer.service import run_service
+
+    config = _load_config(**options)
     try:
         status = run_service(config)
     except ModelUnavailable as exc:
         click.echo(f"streamer: model unavailable: {exc}", err=True)
         sys.exit(1)
+    sys.exit(status)
+
+
+@main.command()
+@_consumer_options
+def repartition(**options: Any) -> None:
+    """Re-key alert topics by object id into a photometry topic (STREAMER_* variables).
+
+    Decodes every alert of STREAMER_INPUT_TOPICS (framing STREAMER_FRAMING) and publishes
+    its compact photometry record (schemas/photometry.avsc) to STREAMER_OUTPUT_TOPIC keyed
+    by object id, so that each partition holds all the alerts of its objects; rejected
+    messages go to STREAMER_DEAD_LETTER_TOPIC. It needs a STREAMER_GROUP_ID of its own.
+    Consume the output with STREAMER_FRAMING=photometry streamer run.
+
+    Exit status: as for run.
+    """
+    from streamer.config import ConfigError
+    from streamer.repartition import run_repartition
+
+    config = _load_config(**options)
+    try:
+        status = run_repartition(config)
+    except ConfigError as exc:
+        click.echo(f"streamer: configuration error: {exc}", err=True)
+        sys.exit(2)
     sys.exit(status)
 
 

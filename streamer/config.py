@@ -20,7 +20,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from streamer.alerts import Framing
 from streamer.embedder import MODELS
+from streamer.sinks.kafka import DEAD_LETTER_MAX_BYTES
 
 #: librdkafka properties whose values are secrets (masked everywhere).
 SECRET_KAFKA_KEYS = frozenset(
@@ -43,6 +45,8 @@ class Config:
     input_pattern: str | None = None
     output_topic: str = "alert-embeddings"
     dead_letter_topic: str = "alert-embeddings-dlq"
+    dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
+    max_message_bytes: int = 16 << 20
     group_id: str = "streamer"
     instance_id: str = field(default_factory=socket.gethostname)
     delivery: str = "exactly-once"
@@ -54,6 +58,10 @@ class Config:
     reduction: str = "non-overlapping-windows"
     onnx_batch_size: int | None = None
     window_cache_bytes: int = 256 << 20
+    curve_memo_bytes: int = 64 << 20
+    coalesce: bool = False
+    pipeline: bool = True
+    broker_outage_s: float = 240.0
     use_fp16: bool = False
     onnx_providers: list[str] = field(default_factory=list)
     history_path: str | None = None
@@ -138,15 +146,26 @@ class Config:
             raise ConfigError(f"STREAMER_MODEL: expected one of {', '.join(MODELS)}, got {self.model!r}")
         if self.model_file is not None and not Path(self.model_file).is_file():
             raise ConfigError(f"STREAMER_MODEL_FILE: {self.model_file!r} is not a file")
-        for name in ("batch_max_messages", "max_points_per_object"):
+        for name in ("window_cache_bytes", "curve_memo_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"STREAMER_{name.upper()}: must not be negative, got {getattr(self, name)}")
+        for name in ("batch_max_messages", "max_points_per_object", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"STREAMER_{name.upper()}: must be at least 1, got {getattr(self, name)}")
+        if self.dead_letter_max_bytes < 0:
+            raise ConfigError(
+                f"STREAMER_DEAD_LETTER_MAX_BYTES: must not be negative, got {self.dead_letter_max_bytes}"
+            )
         if self.batch_max_wait_s <= 0:
             raise ConfigError(f"STREAMER_BATCH_MAX_WAIT_S: must be positive, got {self.batch_max_wait_s}")
         if self.onnx_batch_size is not None and self.onnx_batch_size < 1:
             raise ConfigError(f"STREAMER_ONNX_BATCH_SIZE: must be at least 1, got {self.onnx_batch_size}")
         if not 0 < self.metrics_port < 65536:
             raise ConfigError(f"STREAMER_METRICS_PORT: not a TCP port: {self.metrics_port}")
+        if self.framing not in tuple(Framing):
+            raise ConfigError(
+                f"STREAMER_FRAMING: expected one of {', '.join(tuple(Framing))}, got {self.framing!r}"
+            )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"STREAMER_LOG_FORMAT: expected text or json, got {self.log_format!r}")
         if self.start_from not in ("committed", "beginning", "end", "time"):

@@ -17,8 +17,10 @@ Upper limits are never fed to the models.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -132,9 +134,17 @@ class LightCurveEmbedder:
         Name written to records.
     clock : callable
         Seconds since the epoch, for ``produced_at`` (replaceable in tests).
+    memo_bytes : int
+        Budget of the curve memo: embeddings of recently embedded model inputs (one
+        light curve, or one band of one), keyed by their content. An alert that adds no
+        point to a curve (a repeat, or a point in another band for Astromer) is answered
+        from it without touching the model. 0 disables it; it is always off for the
+        ``random-subsample`` reduction, whose output depends on the random stream.
     """
 
-    def __init__(self, model: EmbeddingSession, model_name: str, clock: Any = time.time) -> None:
+    def __init__(
+        self, model: EmbeddingSession, model_name: str, clock: Any = time.time, memo_bytes: int = 0
+    ) -> None:
         if isinstance(model, ATCAT) and model.band_groups is not None:
             raise ValueError("the pipeline feeds ATCAT band indices: build it with band_groups=None")
         if isinstance(model, SingleBandModel) and model.bands is not None:
@@ -143,6 +153,7 @@ class LightCurveEmbedder:
         self.model_name = model_name
         self.clock = clock
         self.reduction = reduction_name(model)
+        self.memo = CurveMemo(0 if "random" in self.reduction else memo_bytes)
 
     def embed(
         self, alerts: Sequence[DecodedAlert], curves: Sequence[np.ndarray]
@@ -173,7 +184,7 @@ class LightCurveEmbedder:
             inputs.extend(pieces)
         if not inputs:
             return [], failures
-        embeddings = self.model.embed_many(inputs)
+        embeddings = self._embed_inputs(inputs)
         produced_at = int(self.clock() * 1000)
         records = []
         for alert, slot in zip(alerts, layout, strict=True):
@@ -201,6 +212,26 @@ class LightCurveEmbedder:
                 )
             )
         return records, failures
+
+    def _embed_inputs(self, inputs: list[tuple[np.ndarray, ...]]) -> np.ndarray:
+        """``embed_many`` on the inputs the memo does not know (each distinct one once)."""
+        if not self.memo.budget:
+            return self.model.embed_many(inputs)
+        keys = [self.memo.key(piece) for piece in inputs]
+        out: list[np.ndarray | None] = [self.memo.get(k) for k in keys]
+        todo: dict[bytes, int] = {}
+        for i, (k, found) in enumerate(zip(keys, out, strict=True)):
+            if found is None and k not in todo:
+                todo[k] = i
+        fresh: dict[bytes, np.ndarray] = {}
+        if todo:
+            computed = self.model.embed_many([inputs[i] for i in todo.values()])
+            for k, embedding in zip(todo, computed, strict=True):
+                fresh[k] = np.asarray(embedding)
+                self.memo.put(k, fresh[k])
+        self.memo.misses += len(todo)
+        self.memo.hits += sum(found is None for found in out) - len(todo)  # repeats within the batch
+        return np.stack([fresh[k] if found is None else found for k, found in zip(keys, out, strict=True)])
 
     @staticmethod
     def _atcat_inputs(
@@ -230,3 +261,49 @@ class LightCurveEmbedder:
                 bands.append(label)
                 counts[label] = int(selected.size)
         return pieces, tuple(bands), counts
+
+
+class CurveMemo:
+    """Content-keyed LRU of whole-input embeddings, bounded in bytes.
+
+    Attributes
+    ----------
+    hits, misses : int
+        Inputs answered from the memo, and distinct inputs sent to the model.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[bytes, np.ndarray] = OrderedDict()
+
+    @staticmethod
+    def key(piece: tuple[np.ndarray, ...]) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        for array in piece:
+            a = np.ascontiguousarray(array)
+            h.update(a.dtype.str.encode())
+            h.update(len(a).to_bytes(8, "little"))
+            h.update(a.tobytes())
+        return h.digest()
+
+    def get(self, key: bytes, *, count: bool = True) -> np.ndarray | None:
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            self.hits += count
+        return found
+
+    def put(self, key: bytes, embedding: np.ndarray) -> None:
+        if embedding.nbytes > self.budget:
+            return
+        # The memo hands out this array again: freeze it so no caller can change a later record.
+        embedding = embedding.copy()
+        embedding.flags.writeable = False
+        self._entries[key] = embedding
+        self.used += embedding.nbytes
+        while self.used > self.budget:
+            _, dropped = self._entries.popitem(last=False)
+            self.used -= dropped.nbytes

@@ -25,6 +25,15 @@ first transactional producer start quickly; ``group.initial.rebalance.delay.ms=0
 ``broker.session.timeout.ms=4000`` (not 9000) so a broker restarted after a SIGKILL serves
 again in about 6 s instead of 13 s.
 Transactions (exactly-once) work as on a real cluster.
+
+Secured mode (``sasl_users={"alice": "..."}``, ``--sasl-user alice:PASSWORD``): the client
+listener is SASL_SSL with SCRAM-SHA-512, as on Rubin's community brokers. A throwaway CA
+and the broker's certificate (for 127.0.0.1 and localhost) are made with the JDK's
+``keytool`` in the work directory; clients trust :attr:`LocalKafka.ca_location`
+(``ssl.ca.location``). The users' SCRAM credentials are written when the storage is
+formatted, with one more user of the broker's own for its inter-broker connections; the
+controller listener stays PLAINTEXT on loopback. :meth:`LocalKafka.client_config` gives a
+client's librdkafka properties.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -63,6 +74,12 @@ CACHE_ENV = "STREAMER_KAFKA_CACHE"
 BROKER_MAIN = "kafka.Kafka"
 STORAGE_TOOL_MAIN = "kafka.tools.StorageTool"
 _CLASSPATH_FILE = "classpath.txt"
+#: The SASL mechanism of the secured mode (Rubin's community brokers use it).
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+#: The SCRAM user the broker itself authenticates as on its inter-broker connections.
+BROKER_USER = "streamer-broker"
+#: Characters ``kafka-storage format --add-scram`` cannot take in a user name or password.
+_SCRAM_UNSAFE = re.compile(r"[\s,=\[\]\"]")
 
 
 class KafkaLocalError(RuntimeError):
@@ -291,6 +308,11 @@ class LocalKafka:
     :attr:`log_path`. ``die_with_parent`` (Linux) kills the JVM when the thread that
     started it exits, so a killed test run leaves no broker behind: start it from a
     long-lived thread (the main thread, as pytest fixtures do).
+
+    ``sasl_users`` (name -> password) turns on the secured mode: the client listener is
+    SASL_SSL with SCRAM-SHA-512 and only these users (and the broker's own) get in; the
+    credentials are written when the storage is formatted. Clients need
+    :meth:`client_config` (or :attr:`ca_location` for ``ssl.ca.location``).
     """
 
     def __init__(
@@ -309,6 +331,7 @@ class LocalKafka:
         startup_timeout: float = 120.0,
         log_level: str = "INFO",
         die_with_parent: bool = True,
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
         self.version = version
         self.cache_dir = cache_dir
@@ -327,6 +350,14 @@ class LocalKafka:
         self.startup_timeout = startup_timeout
         self.log_level = log_level
         self.die_with_parent = die_with_parent
+        self.sasl_users = dict(sasl_users or {})
+        for name, password in self.sasl_users.items():
+            if not name or not password or _SCRAM_UNSAFE.search(name + password) or name == BROKER_USER:
+                raise KafkaLocalError(
+                    f"SASL user {name!r}: names and passwords must be non-empty without whitespace "
+                    f"or any of ,=[]\" (and {BROKER_USER!r} is the broker's own)"
+                )
+        self._secret: str | None = None  # keystore and broker-user password, kept in tls/
         self.cluster_id: str | None = None
         #: Seconds the last start took from spawning the JVM until the broker answered.
         self.startup_seconds: float | None = None
@@ -347,6 +378,46 @@ class LocalKafka:
             (self.work_dir / _OWNER_FILE).write_text(f"{os.getpid()}\n")
         self.work_dir.mkdir(parents=True, exist_ok=True)
         return self.work_dir
+
+    @property
+    def secured(self) -> bool:
+        """Whether clients must use SASL_SSL with SCRAM-SHA-512 (``sasl_users`` given)."""
+        return bool(self.sasl_users)
+
+    @property
+    def security_protocol(self) -> str:
+        return "SASL_SSL" if self.secured else "PLAINTEXT"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self._dir() / "tls"
+
+    @property
+    def ca_location(self) -> Path | None:
+        """The PEM file of the CA that signed the broker's certificate (``ssl.ca.location``);
+        None unless secured. Written by :meth:`start`."""
+        return self.tls_dir / "ca.pem" if self.secured else None
+
+    def client_config(self, user: str | None = None, password: str | None = None) -> dict[str, str]:
+        """librdkafka properties to reach this broker: ``bootstrap.servers`` and, when
+        secured, SASL_SSL/SCRAM-SHA-512 as ``user`` (default: the broker's own user) with
+        its password from ``sasl_users`` unless ``password`` is given."""
+        config = {"bootstrap.servers": self.bootstrap_servers}
+        if not self.secured:
+            return config
+        user = user or BROKER_USER
+        if password is None:
+            password = self._broker_secret() if user == BROKER_USER else self.sasl_users[user]
+        config.update(
+            {
+                "security.protocol": "SASL_SSL",
+                "sasl.mechanisms": SCRAM_MECHANISM,
+                "sasl.username": user,
+                "sasl.password": password,
+                "ssl.ca.location": str(self.ca_location),
+            }
+        )
+        return config
 
     @property
     def log_path(self) -> Path:
@@ -383,8 +454,86 @@ class LocalKafka:
             "broker.session.timeout.ms": 4000,
             "log.retention.check.interval.ms": 300000,
         }
+        if self.secured:
+            props.update(self._secured_properties())
         props.update(self.extra_properties)
         return {key: str(value) for key, value in props.items()}
+
+    def _secured_properties(self) -> dict[str, object]:
+        secret, tls = self._broker_secret(), self.tls_dir
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{BROKER_USER}" password="{secret}";'
+        )
+        return {
+            "listeners": f"SASL_SSL://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"SASL_SSL://{self.host}:{self.port}",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+            # The broker reaches itself (transaction markers) over the secured listener too.
+            "inter.broker.listener.name": "SASL_SSL",
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": jaas,
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": tls / "broker.p12",
+            "ssl.keystore.password": secret,
+            "ssl.key.password": secret,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": tls / "ca.pem",
+        }
+
+    def _broker_secret(self) -> str:
+        """A random password for the keystores and the broker's SCRAM user, kept in the work
+        directory so that a restart (or a later broker on the same ``work_dir``) finds it."""
+        if self._secret is None:
+            path = self.tls_dir / "secret"
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch(0o600)
+                path.write_text(secrets.token_hex(16))
+            self._secret = path.read_text().strip()
+        return self._secret
+
+    def _make_certificates(self) -> None:
+        """A throwaway CA (``tls/ca.pem``) and the broker's key and CA-signed certificate for
+        127.0.0.1 and localhost (``tls/broker.p12``), made with the JDK's keytool once."""
+        tls = self.tls_dir
+        if (tls / "broker.p12").is_file() and (tls / "ca.pem").is_file():
+            return
+        java = Path(_find_java(self.java))
+        keytool = str(java.with_name("keytool")) if java.with_name("keytool").is_file() else "keytool"
+        secret = self._broker_secret()
+        for name in ("ca.p12", "broker.p12", "ca.pem"):
+            (tls / name).unlink(missing_ok=True)
+        common = ["-storetype", "PKCS12", "-storepass", secret, "-J-XX:TieredStopAtLevel=1"]
+        new_key = ["-genkeypair", "-keyalg", "EC", "-groupname", "secp256r1", "-validity", "3650"]
+        ca = ["-keystore", str(tls / "ca.p12"), "-alias", "ca", *common]
+        broker = ["-keystore", str(tls / "broker.p12"), "-alias", "broker", *common]
+
+        def keytool_run(*args: str, stdin: str | None = None) -> str:
+            try:
+                done = subprocess.run(
+                    [keytool, *args], input=stdin, capture_output=True, text=True, timeout=60, check=False
+                )
+            except OSError as exc:
+                raise KafkaLocalError(f"the secured broker needs the JDK's keytool: {exc}") from exc
+            if done.returncode != 0:
+                raise KafkaLocalError(f"keytool {args[0]} failed: {(done.stdout + done.stderr).strip()}")
+            return done.stdout
+
+        keytool_run(*new_key, *ca, "-dname", "CN=streamer-local-ca", "-ext", "bc:c")
+        ca_pem = keytool_run("-exportcert", "-rfc", *ca)
+        keytool_run(*new_key, *broker, "-dname", "CN=localhost")
+        request = keytool_run("-certreq", *broker)
+        signed = keytool_run(
+            "-gencert", "-rfc", "-validity", "3650", *ca,
+            "-ext", "SAN=ip:127.0.0.1,dns:localhost", "-ext", "EKU=serverAuth,clientAuth",
+            stdin=request,
+        )  # fmt: skip
+        # The reply with the whole chain, so the broker presents its certificate and the CA's.
+        (tls / "broker-chain.pem").write_text(signed + ca_pem)
+        keytool_run("-importcert", "-noprompt", "-file", str(tls / "broker-chain.pem"), *broker)
+        (tls / "ca.pem").write_text(ca_pem)  # last: its presence means the set is complete
 
     def _write_config(self) -> tuple[Path, Path]:
         directory = self._dir()
@@ -423,8 +572,14 @@ class LocalKafka:
             return
         config, _ = self._write_config()
         self.cluster_id = random_cluster_id()
+        scram_users = {**self.sasl_users, BROKER_USER: self._broker_secret()} if self.secured else {}
+        scram = [
+            arg
+            for name, password in scram_users.items()
+            for arg in ("--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]")
+        ]
         command = self._java_command(
-            STORAGE_TOOL_MAIN, "format", "-t", self.cluster_id, "-c", str(config), short_lived=True
+            STORAGE_TOOL_MAIN, "format", "-t", self.cluster_id, "-c", str(config), *scram, short_lived=True
         )
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
@@ -441,6 +596,8 @@ class LocalKafka:
         """Format the storage if new, start the broker and wait until it serves."""
         if self.running:
             return self
+        if self.secured:
+            self._make_certificates()
         self._format_storage()
         config, _ = self._write_config()
         command = self._java_command(BROKER_MAIN, str(config))
@@ -491,7 +648,7 @@ class LocalKafka:
                 if admin is None:
                     admin = AdminClient(
                         {
-                            "bootstrap.servers": self.bootstrap_servers,
+                            **self.client_config(),
                             "log_level": 0,
                             "reconnect.backoff.ms": 100,
                             "reconnect.backoff.max.ms": 500,
@@ -582,16 +739,18 @@ def create_topics(
     config: Mapping[str, str] | None = None,
     timeout: float = 30.0,
     exist_ok: bool = False,
+    client_config: Mapping[str, str] | None = None,
 ) -> None:
     """Create ``topics`` (name -> partitions, or names with 1 partition) with replication 1
-    and wait until each partition has a leader."""
+    and wait until each partition has a leader. ``client_config``: more librdkafka
+    properties of the admin client (a secured broker's :meth:`LocalKafka.client_config`)."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
     wanted = dict(topics) if isinstance(topics, Mapping) else dict.fromkeys(topics, 1)
     if not wanted:
         return
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **dict(client_config or {})})
     futures = admin.create_topics(
         [NewTopic(name, partitions, 1, config=dict(config or {})) for name, partitions in wanted.items()],
         operation_timeout=timeout,
@@ -634,6 +793,13 @@ def _topic_spec(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"bad topic {text!r}: NAME or NAME:PARTITIONS") from None
 
 
+def _user_spec(text: str) -> tuple[str, str]:
+    name, _, password = text.partition(":")
+    if not name or not password:
+        raise argparse.ArgumentTypeError("expected NAME:PASSWORD")
+    return name, password
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m streamer.kafka_local", description="A local single-node Kafka broker."
@@ -650,6 +816,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--auto-create-topics", action="store_true", help="auto.create.topics.enable=true")
     run.add_argument("--heap", default="512m", help="JVM -Xmx (default 512m)")
     run.add_argument("--bootstrap-file", type=Path, help="also write HOST:PORT to this file")
+    run.add_argument(
+        "--sasl-user",
+        action="append",
+        type=_user_spec,
+        default=[],
+        help="NAME:PASSWORD, repeatable: serve SASL_SSL with SCRAM-SHA-512 to these users",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -668,13 +841,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         work_dir=args.data_dir,
         auto_create_topics=args.auto_create_topics,
         heap=args.heap,
+        sasl_users=dict(args.sasl_user),
     )
     try:
         broker.start()
-        create_topics(broker.bootstrap_servers, dict(args.topic), exist_ok=True)
+        create_topics(
+            broker.bootstrap_servers, dict(args.topic), exist_ok=True, client_config=broker.client_config()
+        )
         if args.bootstrap_file:
             args.bootstrap_file.write_text(broker.bootstrap_servers + "\n")
         print(f"bootstrap.servers={broker.bootstrap_servers}", flush=True)
+        if broker.secured:
+            print(
+                f"security.protocol=SASL_SSL\nsasl.mechanisms={SCRAM_MECHANISM}\n"
+                f"ssl.ca.location={broker.ca_location}",
+                flush=True,
+            )
         while not stop.wait(1.0):
             if not broker.running:
                 print(f"the Kafka broker exited:\n{broker.log_tail()}", file=sys.stderr)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -50,6 +51,12 @@ class ServiceMetrics:
             registry=r,
         )
         self.windows = Counter("streamer_windows", "Model windows by source", ["source"], registry=r)
+        self.curves = Counter(
+            "streamer_curves", "Model inputs answered without the model, by source", ["source"], registry=r
+        )
+        self.coalesced = Counter(
+            "streamer_alerts_coalesced", "Alerts whose record a newer alert of the batch replaced", registry=r
+        )
         self.lag = Gauge(
             "streamer_consumer_lag", "Messages behind the partition end", ["topic", "partition"], registry=r
         )
@@ -73,22 +80,49 @@ class ServiceMetrics:
 
 
 class Health:
-    """Liveness (the loop beats) and readiness (assigned, model loaded, broker reachable)."""
+    """Liveness (the loop beats) and readiness (assigned, model loaded, broker reachable).
 
-    def __init__(self, max_silence_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    A blocking Kafka call (a transaction commit) that has waited longer than
+    ``stalled_after_s`` makes the service not ready (the broker is away) but not dead:
+    librdkafka may block past its timeouts while a coordinator is down (librdkafka #5456).
+    """
+
+    def __init__(
+        self,
+        max_silence_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        stalled_after_s: float = 10.0,
+    ) -> None:
         self.max_silence_s = max_silence_s
+        self.stalled_after_s = stalled_after_s
         self.clock = clock
         self.last_beat = clock()
         self.model_loaded = False
         self.assigned = False
         self.broker_reachable = False
+        self.kafka_call_since: float | None = None
 
     def beat(self) -> None:
         self.last_beat = self.clock()
 
+    @contextmanager
+    def kafka_call(self) -> Iterator[None]:
+        """Mark a blocking Kafka call; on success the broker is reachable."""
+        self.kafka_call_since = self.clock()
+        try:
+            yield
+            self.broker_reachable = True
+        finally:
+            self.kafka_call_since = None
+            self.beat()
+
+    def _stalled(self) -> float:
+        since = self.kafka_call_since
+        return 0.0 if since is None else self.clock() - since
+
     def alive(self) -> tuple[bool, str]:
         silent = self.clock() - self.last_beat
-        if silent > self.max_silence_s:
+        if silent > self.max_silence_s and self.kafka_call_since is None:
             return False, f"processing loop silent for {silent:.0f} s"
         return True, "ok"
 
@@ -99,6 +133,7 @@ class Health:
                 ("model not loaded", self.model_loaded),
                 ("no partition assigned", self.assigned),
                 ("broker unreachable", self.broker_reachable),
+                ("waiting for the broker", self._stalled() <= self.stalled_after_s),
             )
             if not ok
         ]

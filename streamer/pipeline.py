@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from streamer.alerts import AlertDecoder, RejectedAlert
 from streamer.embedder import LightCurveEmbedder
 from streamer.history import HistoryStore
@@ -50,6 +52,19 @@ class BatchOutcome:
     changed_objects: int = 0
     decoded_by_survey: Counter[str] = field(default_factory=Counter)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: Alerts that got no record of their own because a newer alert of the same object
+    #: in the batch did (``coalesce``).
+    coalesced: int = 0
+
+
+@dataclass
+class PreparedBatch:
+    """A decoded and merged batch, waiting for the model: the alerts to embed and their curves."""
+
+    outcome: BatchOutcome
+    alerts: list[DecodedAlert]
+    origins: list[Message]
+    curves: list[np.ndarray]
 
 
 class Pipeline:
@@ -64,64 +79,40 @@ class Pipeline:
     decoder : AlertDecoder
     history : HistoryStore
     embedder : LightCurveEmbedder
+    coalesce : bool
+        Emit one record per object per batch, for its newest alert, instead of one per
+        alert. That record equals the one the newest alert gets without coalescing; the
+        older alerts' records are not produced (their points are in the history, and in
+        the newest alert's curve).
     """
 
-    def __init__(self, decoder: AlertDecoder, history: HistoryStore, embedder: LightCurveEmbedder) -> None:
+    def __init__(
+        self,
+        decoder: AlertDecoder,
+        history: HistoryStore,
+        embedder: LightCurveEmbedder,
+        *,
+        coalesce: bool = False,
+    ) -> None:
         self.decoder = decoder
         self.history = history
         self.embedder = embedder
+        self.coalesce = coalesce
 
     def decode(
         self, messages: Iterable[Message]
     ) -> tuple[list[DecodedAlert], list[Message], list[Rejection]]:
-        """Decode messages; a container file with several alerts yields each of them.
+        """:func:`decode_messages` with this pipeline's decoder."""
+        return decode_messages(self.decoder, messages)
 
-        Returns the alerts, the message each came from, and the rejections.
-        """
-        alerts: list[DecodedAlert] = []
-        origins: list[Message] = []
-        rejections: list[Rejection] = []
-        for message in messages:
-            if message.data[:4] == CONTAINER_MAGIC:
-                self._decode_container(message, alerts, origins, rejections)
-                continue
-            try:
-                alerts.append(self.decoder.decode(message.data))
-                origins.append(message)
-            except RejectedAlert as r:
-                rejections.append(Rejection(r.reason, r.detail, message.source, message.data))
-        return alerts, origins, rejections
-
-    def _decode_container(
-        self,
-        message: Message,
-        alerts: list[DecodedAlert],
-        origins: list[Message],
-        rejections: list[Rejection],
-    ) -> None:
-        """Every alert of an Avro container file (a ZTF message, or an archive file)."""
-        found: list[DecodedAlert | RejectedAlert] = []
-        for alert in self.decoder.iter_container(message.data, on_reject=found.append):
-            found.append(alert)
-        if not found:
-            rejections.append(
-                Rejection("bad_container", "container file holds no alert", message.source, message.data)
-            )
-        for index, item in enumerate(found):
-            # A one-alert file keeps its bytes in a rejection; an archive's record bytes
-            # are not separable without a full decode, so its path and index locate it.
-            single = len(found) == 1
-            origin = message if single else Message(b"", f"{message.source}#{index}")
-            if isinstance(item, RejectedAlert):
-                rejections.append(Rejection(item.reason, item.detail, origin.source, origin.data))
-            else:
-                alerts.append(item)
-                origins.append(origin)
-
-    def process(
+    def prepare(
         self, messages: Sequence[Message], clock: Callable[[], float] = time.perf_counter
-    ) -> BatchOutcome:
-        """Run one micro-batch; the history store's write is committed before returning."""
+    ) -> PreparedBatch:
+        """Decode, merge into the history (committed before returning), read as-of curves.
+
+        This is everything but the model; the service runs it for the next batch while
+        the model computes the current one.
+        """
         outcome = BatchOutcome()
         t0 = clock()
         alerts, origins, outcome.rejections = self.decode(messages)
@@ -130,16 +121,97 @@ class Pipeline:
         outcome.alerts = len(alerts)
         outcome.decoded_by_survey.update(a.survey for a in alerts)
         if not alerts:
-            return outcome
+            return PreparedBatch(outcome, [], [], [])
         merged = self.history.merge(alerts)
-        curves = self.history.light_curves([(a.object_id, a.alert_time) for a in alerts])
-        t2 = clock()
-        outcome.stage_seconds["history"] = t2 - t1
         outcome.changed_objects = len(merged.changed_objects)
-        outcome.records, failures = self.embedder.embed(alerts, curves)
-        outcome.stage_seconds["embed"] = clock() - t2
-        source_of = {id(a): m for a, m in zip(alerts, origins, strict=True)}
+        if self.coalesce:
+            alerts, origins, outcome.coalesced = newest_per_object(alerts, origins)
+        curves = self.history.light_curves([(a.object_id, a.alert_time) for a in alerts])
+        outcome.stage_seconds["history"] = clock() - t1
+        return PreparedBatch(outcome, alerts, origins, curves)
+
+    def embed(self, prepared: PreparedBatch, clock: Callable[[], float] = time.perf_counter) -> BatchOutcome:
+        """Embed a prepared batch: its records, and rejections for curves the model cannot use."""
+        outcome = prepared.outcome
+        if not prepared.alerts:
+            return outcome
+        t0 = clock()
+        outcome.records, failures = self.embedder.embed(prepared.alerts, prepared.curves)
+        outcome.stage_seconds["embed"] = clock() - t0
+        source_of = {id(a): m for a, m in zip(prepared.alerts, prepared.origins, strict=True)}
         for f in failures:
             origin = source_of[id(f.alert)]
             outcome.rejections.append(Rejection(f.reason, f.detail, origin.source, origin.data))
         return outcome
+
+    def process(
+        self, messages: Sequence[Message], clock: Callable[[], float] = time.perf_counter
+    ) -> BatchOutcome:
+        """Run one micro-batch: :meth:`prepare`, then :meth:`embed`."""
+        return self.embed(self.prepare(messages, clock), clock)
+
+
+def newest_per_object(
+    alerts: Sequence[DecodedAlert], origins: Sequence[Message]
+) -> tuple[list[DecodedAlert], list[Message], int]:
+    """Keep each object's newest alert (latest ``alert_time``, then highest ``alert_id``).
+
+    Returns the kept alerts and their messages, in input order, and how many were dropped.
+    """
+    newest: dict[tuple[str, str], int] = {}
+    for i, a in enumerate(alerts):
+        key = (a.survey, a.object_id)
+        j = newest.get(key)
+        if j is None or (a.alert_time, a.alert_id) > (alerts[j].alert_time, alerts[j].alert_id):
+            newest[key] = i
+    keep = sorted(newest.values())
+    return [alerts[i] for i in keep], [origins[i] for i in keep], len(alerts) - len(keep)
+
+
+def decode_messages(
+    decoder: AlertDecoder, messages: Iterable[Message]
+) -> tuple[list[DecodedAlert], list[Message], list[Rejection]]:
+    """Decode messages; a container file with several alerts yields each of them.
+
+    Returns the alerts, the message each came from, and the rejections.
+    """
+    alerts: list[DecodedAlert] = []
+    origins: list[Message] = []
+    rejections: list[Rejection] = []
+    for message in messages:
+        if message.data[:4] == CONTAINER_MAGIC:
+            _decode_container(decoder, message, alerts, origins, rejections)
+            continue
+        try:
+            alerts.append(decoder.decode(message.data))
+            origins.append(message)
+        except RejectedAlert as r:
+            rejections.append(Rejection(r.reason, r.detail, message.source, message.data))
+    return alerts, origins, rejections
+
+
+def _decode_container(
+    decoder: AlertDecoder,
+    message: Message,
+    alerts: list[DecodedAlert],
+    origins: list[Message],
+    rejections: list[Rejection],
+) -> None:
+    """Every alert of an Avro container file (a ZTF message, or an archive file)."""
+    found: list[DecodedAlert | RejectedAlert] = []
+    for alert in decoder.iter_container(message.data, on_reject=found.append):
+        found.append(alert)
+    if not found:
+        rejections.append(
+            Rejection("bad_container", "container file holds no alert", message.source, message.data)
+        )
+    for index, item in enumerate(found):
+        # A one-alert file keeps its bytes in a rejection; an archive's record bytes
+        # are not separable without a full decode, so its path and index locate it.
+        single = len(found) == 1
+        origin = message if single else Message(b"", f"{message.source}#{index}")
+        if isinstance(item, RejectedAlert):
+            rejections.append(Rejection(item.reason, item.detail, origin.source, origin.data))
+        else:
+            alerts.append(item)
+            origins.append(origin)

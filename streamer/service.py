@@ -18,12 +18,15 @@ rebalance (which happens inside ``consume``) never finds one open.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -43,11 +46,14 @@ from streamer.config import Config, masked
 from streamer.embedder import LightCurveEmbedder, load_model
 from streamer.history import HistoryStore, MemoryHistoryStore, SQLiteHistoryStore
 from streamer.metrics import Health, ServiceMetrics, serve_http
-from streamer.pipeline import Message, Pipeline
+from streamer.pipeline import BatchOutcome, Message, Pipeline
 from streamer.sinks.kafka import KafkaRecordSink, RecordEncoder
 
 log = logging.getLogger("streamer")
 
+#: Timeout of one blocking Kafka call (commit, abort, flush); a call that times out is
+#: retried, so this is how soon ``/readyz`` notices an outage mid-commit (seconds).
+KAFKA_CALL_S = 5.0
 #: How often the idle loop checks that the broker answers (seconds).
 BROKER_PROBE_INTERVAL_S = 5.0
 
@@ -77,6 +83,48 @@ def configure_logging(config: Config) -> None:
     root.setLevel(config.log_level.upper())
 
 
+@dataclass
+class _InFlight:
+    """A consumed batch whose records are being computed (or are ready), not yet committed."""
+
+    batch: list[Any]
+    outcome: Future[BatchOutcome]
+    pipeline: Pipeline
+
+
+#: Errors of a broker that is away or moving, after which a batch is consumed again.
+_TRANSIENT_CODES = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError._PURGE_QUEUE,
+        KafkaError._PURGE_INFLIGHT,
+    }
+)
+
+
+def _transient(err: KafkaError) -> bool:
+    """A broker outage rather than a bad message or configuration (those end the service)."""
+    if err.fatal():
+        return False
+    return err.retriable() or err.txn_requires_abort() or err.code() in _TRANSIENT_CODES
+
+
+class _Rewind(Exception):
+    """A batch could not be committed (broker away): consume again from these offsets."""
+
+    def __init__(self, offsets: list[TopicPartition]) -> None:
+        super().__init__(offsets)
+        self.offsets = offsets
+
+
 class FatalKafkaError(RuntimeError):
     """An error the service cannot recover from (authentication, fencing, bad topic)."""
 
@@ -102,7 +150,19 @@ class Service:
         self._done_partitions: set[tuple[str, int]] = set()
         self._exactly_once = config.delivery == "exactly-once"
         self.http: WSGIServer | None = None
-        self.stats = {"messages": 0, "alerts": 0, "embeddings": 0, "rejected": 0, "batches": 0}
+        counted = ("messages", "alerts", "embeddings", "rejected", "coalesced", "batches")
+        self.stats = dict.fromkeys(counted, 0)
+        #: Seconds spent per stage over the run (decode, history, embed in the worker,
+        #: produce, commit, and ``wait``: the main thread waiting for the model).
+        self.stage_totals: dict[str, float] = {}
+        self._in_flight: _InFlight | None = None
+        self._kafka: tuple[Consumer, Producer, KafkaRecordSink]
+        self._model_counts = (0, 0, 0, 0)
+        self._first_batch_at: float | None = None
+        self._last_commit_at: float | None = None
+        # The model runs here, overlapping the main thread's Kafka I/O, decoding and
+        # history merges (onnxruntime releases the GIL while it computes).
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="embed") if config.pipeline else None
 
     # ------------------------------------------------------------- set-up
     def _kafka_common(self) -> dict[str, Any]:
@@ -121,6 +181,22 @@ class Service:
             self._fatal = f"Kafka: {err.str()}"
         log.warning("kafka: %s", err.str())
 
+    def _init_transactions(self, producer: Producer, timeout: float = 30.0) -> None:
+        """``init_transactions`` in one-second steps (a timed-out call resumes), so that an
+        authentication failure reported meanwhile ends the start-up at once, named, instead
+        of a timeout after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                producer.init_transactions(1.0)
+                return
+            except KafkaException as exc:
+                producer.poll(0)  # serves error_cb, which records an authentication failure
+                if self._fatal:
+                    raise FatalKafkaError(self._fatal) from None
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+
     def _build(self) -> tuple[Consumer, Producer, Pipeline, KafkaRecordSink, HistoryStore]:
         c = self.config
         model = load_model(
@@ -135,7 +211,7 @@ class Service:
             ort_session_kwargs={"providers": c.onnx_providers} if c.onnx_providers else None,
         )
         name = c.model if c.model_file is None else f"{c.model}:{c.model_file.rsplit('/', 1)[-1]}"
-        embedder = LightCurveEmbedder(model, name)
+        embedder = LightCurveEmbedder(model, name, memo_bytes=c.curve_memo_bytes)
         self.metrics.model_info.labels(
             model=name, sha256=model.model_sha256 or "", output=model.output, reduction=embedder.reduction
         ).set(1)
@@ -146,11 +222,17 @@ class Service:
             else MemoryHistoryStore(max_points_per_object=c.max_points_per_object)
         )
         decoder = AlertDecoder(
-            c.framing, schemaless_schema=c.schemaless_schema, registry_url=c.schema_registry_url
+            c.framing,
+            schemaless_schema=c.schemaless_schema,
+            registry_url=c.schema_registry_url,
+            max_message_bytes=c.max_message_bytes,
         )
         encoder = RecordEncoder(c.output_topic, c.schema_registry_url)
         consumer = Consumer(
             {
+                # Longer than a broker restart: a session that outlives an outage keeps its
+                # partitions (and, with static membership, avoids being fenced on rejoin).
+                "session.timeout.ms": 120_000,
                 **self._kafka_common(),
                 "group.id": c.group_id,
                 # Static membership: a restarted pod (same instance id) takes its
@@ -162,18 +244,45 @@ class Service:
                 "enable.partition.eof": c.exit_when_caught_up or c.until_time_ms is not None,
             }
         )
-        producer_conf = {**self._kafka_common(), "enable.idempotence": True, "linger.ms": 5}
-        if self._exactly_once:
-            producer_conf["transactional.id"] = c.transactional_id
-        producer = Producer(producer_conf)
+        producer = self._new_producer()
         sink = KafkaRecordSink(
             producer,
             c.output_topic,
             c.dead_letter_topic,
             encoder,
             self._on_delivery_error,
+            dead_letter_max_bytes=c.dead_letter_max_bytes,
         )
-        return consumer, producer, Pipeline(decoder, history, embedder), sink, history
+        pipeline = Pipeline(decoder, history, embedder, coalesce=c.coalesce)
+        return consumer, producer, pipeline, sink, history
+
+    def _new_producer(self) -> Producer:
+        conf = {**self._kafka_common(), "enable.idempotence": True, "linger.ms": 5}
+        if self._exactly_once:
+            conf["transactional.id"] = self.config.transactional_id
+        return Producer(conf)
+
+    def _replace_producer(self) -> None:
+        """After a failed commit: a new transactional producer with the same id. Its
+        ``init_transactions`` fences the old one and aborts its open transaction, whatever
+        state librdkafka left it in (a timed-out commit cannot simply be aborted)."""
+        consumer, old, sink = self._kafka
+        old.purge()
+        old.flush(0)
+        producer = self._new_producer()
+        self._kafka = (consumer, producer, sink)
+        sink.producer = producer
+        deadline = time.monotonic() + self.config.broker_outage_s
+        while True:
+            try:
+                with self.health.kafka_call():
+                    self._init_transactions(producer)
+                return
+            except KafkaException:
+                if self._fatal or self.stopping or time.monotonic() > deadline:
+                    raise
+                self.health.broker_reachable = False
+                log.warning("waiting for the broker to start a new transactional producer")
 
     def _on_delivery_error(self, err: Any) -> None:
         self._delivery_error = err
@@ -196,11 +305,18 @@ class Service:
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Batches are committed before the next consume(), so nothing is in flight here.
+        # No transaction is open during consume(); the batch whose model run is in
+        # flight is written and committed before its partitions go.
+        self._finish_quietly()
         consumer.unassign()
         self._assigned = []
         self.health.assigned = False
         log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost partitions may already belong to another member: never commit for them.
+        self._drop_in_flight()
+        self._on_revoke(consumer, partitions)
 
     # ---------------------------------------------------------------- loop
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
@@ -218,43 +334,50 @@ class Service:
         consumer, producer, pipeline, sink, history = self._build()
         try:
             if self._exactly_once:
-                producer.init_transactions(30)
+                self._init_transactions(producer)
             topics = (
                 [f"^{c.input_pattern}" if not c.input_pattern.startswith("^") else c.input_pattern]
                 if c.input_pattern
                 else c.input_topics
             )
             consumer.subscribe(
-                topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+                topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )
+            self._kafka = (consumer, producer, sink)
             while not self.stopping:
                 self.health.beat()
                 if self._fatal:
                     raise FatalKafkaError(self._fatal)
                 batch = self._consume(consumer)
-                if batch:
-                    try:
-                        self._process(batch, consumer, producer, pipeline, sink, history)
-                    except BaseException:
-                        # Nothing of this batch becomes visible; a restart re-processes it
-                        # and, merges being idempotent, produces the same records.
-                        if self._exactly_once:
-                            self._abort(producer)
-                        raise
-                    self.health.broker_reachable = True
-                else:
+                started = self._start(batch, pipeline) if batch else None
+                # The previous batch's model run overlapped this batch's consume,
+                # decode and history merge; write and commit it now, while the model
+                # works on this one.
+                try:
+                    self._finish_in_flight()
+                except _Rewind as rewind:
+                    # A broker outage: this batch and the next are re-consumed from the
+                    # failed batch's first offsets once the broker is back.
+                    self._in_flight = started
+                    self._drop_in_flight()
+                    self._seek(consumer, rewind.offsets)
+                    continue
+                self._in_flight = started
+                if started is None:
                     self._probe_broker(consumer)
                     self._update_lag(consumer)
                     if self._caught_up():
                         log.info("caught up: exiting")
                         break
+            self._finish_quietly()
             return 0
         except (FatalKafkaError, KafkaException) as exc:
             log.error("fatal: %s", exc)
             print(f"streamer: fatal: {exc}", file=sys.stderr)
             return 1
         finally:
-            self._shutdown(consumer, producer, history)
+            self._drop_in_flight()
+            self._shutdown(consumer, self._kafka[1] if hasattr(self, "_kafka") else producer, history)
 
     def _consume(self, consumer: Consumer) -> list[Any]:
         c = self.config
@@ -289,74 +412,137 @@ class Service:
             return False
         return all((p.topic, p.partition) in self._done_partitions for p in self._assigned)
 
-    def _process(
-        self,
-        batch: list[Any],
-        consumer: Consumer,
-        producer: Producer,
-        pipeline: Pipeline,
-        sink: KafkaRecordSink,
-        history: HistoryStore,
-    ) -> None:
+    def _start(self, batch: list[Any], pipeline: Pipeline) -> _InFlight:
+        """Decode and merge a batch here, and hand its model run to the worker thread."""
         m = self.metrics
-        by_source = {}
         messages = []
         for msg in batch:
-            source = f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
-            by_source[source] = msg
-            messages.append(Message(msg.value() or b"", source))
+            messages.append(Message(msg.value() or b"", f"{msg.topic()}/{msg.partition()}/{msg.offset()}"))
             m.consumed.labels(topic=msg.topic()).inc()
         m.batch_messages.observe(len(batch))
-        model = pipeline.embedder.model
-        computed_before, runs_before = model.windows_computed, model.onnx_runs
-        hits_before = model.cache.hits if model.cache else 0
-        if self._exactly_once:
-            producer.begin_transaction()
-        self._delivery_error = None
-        outcome = pipeline.process(messages)
-        for stage in ("decode", "history", "embed"):
-            m.stage_seconds.labels(stage=stage).observe(outcome.stage_seconds.get(stage, 0.0))
-        t0 = time.perf_counter()
-        rejections = []
-        for r in outcome.rejections:
-            msg = by_source[r.source.split("#", 1)[0]]
-            if not r.data:
-                r = type(r)(r.reason, r.detail, r.source, msg.value() or b"")
-            rejections.append((r, msg))
-            m.rejected.labels(reason=r.reason).inc()
-        sink.write(outcome.records, rejections)
-        t1 = time.perf_counter()
-        offsets = self._next_offsets(batch)
-        if self._exactly_once:
-            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
-            producer.commit_transaction(60)
+        if self._first_batch_at is None:
+            self._first_batch_at = time.perf_counter()
+        prepared = pipeline.prepare(messages)
+        if self._worker is None:
+            outcome: Future[BatchOutcome] = Future()
+            outcome.set_result(pipeline.embed(prepared))
         else:
-            producer.flush(60)
-            if self._delivery_error is not None:
-                raise FatalKafkaError(f"Kafka: delivery failed: {self._delivery_error}")
-            consumer.commit(offsets=offsets, asynchronous=False)
+            outcome = self._worker.submit(pipeline.embed, prepared)
+        return _InFlight(batch, outcome, pipeline)
+
+    def _finish_in_flight(self) -> None:
+        """Write the in-flight batch's records and commit its offsets (one transaction)."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return
+        consumer, producer, sink = self._kafka
+        t_wait = time.perf_counter()
+        try:
+            outcome = flight.outcome.result()
+            t0 = time.perf_counter()
+            if self._exactly_once:
+                producer.begin_transaction()
+            self._delivery_error = None
+            by_source = {f"{msg.topic()}/{msg.partition()}/{msg.offset()}": msg for msg in flight.batch}
+            rejections = []
+            for r in outcome.rejections:
+                msg = by_source[r.source.split("#", 1)[0]]
+                if not r.data:
+                    r = type(r)(r.reason, r.detail, r.source, msg.value() or b"")
+                rejections.append((r, msg))
+            sink.write(outcome.records, rejections)
+            t1 = time.perf_counter()
+            offsets = self._next_offsets(flight.batch)
+            if self._exactly_once:
+                # One try each: after a failed call the transaction is aborted and the
+                # batch consumed again (retrying a failed send_offsets_to_transaction can
+                # hang in librdkafka).
+                metadata = consumer.consumer_group_metadata()
+                with self.health.kafka_call():
+                    producer.send_offsets_to_transaction(offsets, metadata, KAFKA_CALL_S)
+                    producer.commit_transaction(KAFKA_CALL_S)
+            else:
+                self._retrying(lambda: self._flush(producer))
+                self._retrying(lambda: consumer.commit(offsets=offsets, asynchronous=False))
+        except KafkaException as exc:
+            # Nothing of this batch becomes visible; it is consumed again (merges are
+            # idempotent, so it produces the same records).
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            failed, self._delivery_error = self._delivery_error, None
+            if isinstance(failed, KafkaError) and not _transient(failed):
+                # A record the broker refuses (too large, not authorised): consuming the
+                # batch again would fail the same way, for ever.
+                self._abort(producer)
+                raise FatalKafkaError(f"Kafka: delivery failed: {failed.str()}") from exc
+            if err is None or not _transient(err) or self._fatal or self.stopping:
+                self._abort(producer)
+                raise
+            if self._exactly_once:
+                self._replace_producer()
+            self._delivery_error = None  # the old producer's purged messages
+            log.warning("batch not committed (%s): consuming it again", err.str())
+            raise _Rewind(self._first_offsets(flight.batch)) from exc
+        except BaseException:
+            if self._exactly_once:
+                self._abort(producer)
+            raise
         t2 = time.perf_counter()
-        m.stage_seconds.labels(stage="produce").observe(t1 - t0)
-        m.stage_seconds.labels(stage="commit").observe(t2 - t1)
+        self._last_commit_at = t2
+        self.health.broker_reachable = True
+        seconds = dict(outcome.stage_seconds, wait=t0 - t_wait, produce=t1 - t0, commit=t2 - t1)
+        self._account(flight, outcome, seconds)
+
+    def _finish_quietly(self) -> None:
+        """Finish the in-flight batch when no more follow (stop, revoke); if Kafka is away,
+        leave it uncommitted: whoever consumes the partitions next processes it again."""
+        try:
+            self._finish_in_flight()
+        except _Rewind:
+            log.warning("the last batch stays uncommitted; it will be consumed again")
+
+    def _drop_in_flight(self) -> None:
+        """Forget the in-flight batch (not committed: it is re-delivered)."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is not None:
+            try:
+                flight.outcome.result()
+            except BaseException as exc:  # the batch is dropped either way
+                log.warning("dropping the uncommitted batch: %s", exc)
+
+    def _account(self, flight: _InFlight, outcome: BatchOutcome, seconds: dict[str, float]) -> None:
+        m = self.metrics
+        for stage, value in seconds.items():
+            if stage != "wait":
+                m.stage_seconds.labels(stage=stage).observe(value)
+            self.stage_totals[stage] = self.stage_totals.get(stage, 0.0) + value
+        for r in outcome.rejections:
+            m.rejected.labels(reason=r.reason).inc()
         for survey, count in outcome.decoded_by_survey.items():
             m.decoded.labels(survey=survey).inc(count)
         m.embeddings.inc(len(outcome.records))
-        computed = model.windows_computed - computed_before
-        m.windows.labels(source="computed").inc(computed)
-        if model.cache:
-            m.windows.labels(source="cache").inc(model.cache.hits - hits_before)
-        runs = model.onnx_runs - runs_before
-        if runs:
-            m.onnx_batch.observe(computed / runs)
+        m.coalesced.inc(outcome.coalesced)
+        embedder = flight.pipeline.embedder
+        model = embedder.model
+        computed, runs = model.windows_computed, model.onnx_runs
+        hits = model.cache.hits if model.cache else 0
+        last = self._model_counts
+        m.windows.labels(source="computed").inc(computed - last[0])
+        m.windows.labels(source="cache").inc(hits - last[2])
+        m.curves.labels(source="memo").inc(embedder.memo.hits - last[3])
+        if runs > last[1]:
+            m.onnx_batch.observe((computed - last[0]) / (runs - last[1]))
+        self._model_counts = (computed, runs, hits, embedder.memo.hits)
+        history = flight.pipeline.history
         m.history_objects.set(history.object_count())
         m.history_points.set(history.point_count())
         m.history_bytes.set(history.size_bytes())
-        self._update_lag(consumer)
+        self._update_lag(self._kafka[0])
         s = self.stats
-        s["messages"] += len(batch)
+        s["messages"] += len(flight.batch)
         s["alerts"] += outcome.alerts
         s["embeddings"] += len(outcome.records)
         s["rejected"] += len(outcome.rejections)
+        s["coalesced"] += outcome.coalesced
         s["batches"] += 1
 
     @staticmethod
@@ -367,10 +553,61 @@ class Service:
             last[key] = max(last.get(key, -1), msg.offset())
         return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
+    def _retrying(self, call: Callable[[], object]) -> None:
+        """Call; while it fails with a retriable Kafka error (the broker is away), call again.
+
+        Keeps ``/healthz`` alive and ``/readyz`` not ready meanwhile; gives up after
+        ``broker_outage_s`` (the error then goes up: the batch is consumed again).
+        """
+        deadline = time.monotonic() + self.config.broker_outage_s
+        while True:
+            try:
+                with self.health.kafka_call():
+                    call()
+                return
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if err is None or not err.retriable() or err.fatal() or time.monotonic() > deadline:
+                    raise
+                if self._fatal or self.stopping:
+                    raise
+                self.health.broker_reachable = False
+                self.health.beat()
+                log.warning("retrying: %s", err.str())
+                time.sleep(1.0)
+
+    def _flush(self, producer: Producer) -> None:
+        left = producer.flush(KAFKA_CALL_S)
+        if self._delivery_error is not None:
+            err, self._delivery_error = self._delivery_error, None
+            raise KafkaException(
+                err if isinstance(err, KafkaError) else KafkaError(KafkaError._FAIL, str(err))
+            )
+        if left:
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, f"{left} messages not yet delivered", retriable=True)
+            )
+
     @staticmethod
-    def _abort(producer: Producer) -> None:
+    def _first_offsets(batch: list[Any]) -> list[TopicPartition]:
+        first: dict[tuple[str, int], int] = {}
+        for msg in batch:
+            key = (msg.topic(), msg.partition())
+            first[key] = min(first.get(key, msg.offset()), msg.offset())
+        return [TopicPartition(t, p, o) for (t, p), o in first.items()]
+
+    def _seek(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        assigned = {(p.topic, p.partition) for p in consumer.assignment()}
+        for tp in offsets:
+            if (tp.topic, tp.partition) in assigned:
+                self._retrying(functools.partial(consumer.seek, tp))
+
+    def _abort(self, producer: Producer) -> None:
+        """Abort the open transaction, waiting out a broker outage (up to ``broker_outage_s``)."""
+        if not self._exactly_once:
+            return
         try:
-            producer.abort_transaction(30)
+            self._retrying(lambda: producer.abort_transaction(KAFKA_CALL_S))
         except KafkaException as exc:
             log.warning("aborting the transaction: %s", exc)
 
@@ -406,15 +643,29 @@ class Service:
         except (KafkaException, RuntimeError) as exc:
             log.warning("closing consumer: %s", exc)
         producer.flush(10)
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
         history.close()
         if self.http is not None:
             self.http.shutdown()
+        busy = (
+            self._last_commit_at - self._first_batch_at
+            if self._first_batch_at is not None and self._last_commit_at is not None
+            else 0.0
+        )
         log.info(
             "stopped: %d messages, %d alerts, %d embeddings, %d rejected",
             self.stats["messages"],
             self.stats["alerts"],
             self.stats["embeddings"],
             self.stats["rejected"],
+            extra={
+                "fields": {
+                    **self.stats,
+                    "busy_seconds": round(busy, 3),
+                    "stage_seconds": {k: round(v, 3) for k, v in self.stage_totals.items()},
+                }
+            },
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,25 @@ class GeneratedAlert:
 
 
 def make_alerts(
-    n_objects: int = 3, every: int = 4, base_points: int = 40, cutout_bytes: int = 2000
+    n_objects: int = 3,
+    every: int = 4,
+    base_points: int = 40,
+    cutout_bytes: int = 2000,
+    first_object_id: int = 1000,
 ) -> list[GeneratedAlert]:
-    """Alerts at every ``every``-th detection of multi-night, multi-band light curves."""
+    """Alerts at every ``every``-th detection of multi-night, multi-band light curves.
+
+    Objects are numbered from ``first_object_id``, and object *n*'s source ids count up
+    from 10,000 * (*n* - 999): calls with distinct object ranges share no alert or point.
+    """
     out = []
     for k in range(n_objects):
-        object_id = 1000 + k
+        object_id = first_object_id + k
         curve = synthetic.make_light_curve(
-            base_points + 25 * (k % 4), cadence_days=0.9 + k % 3, first_source_id=10_000 * (k + 1), seed=k
+            base_points + 25 * (k % 4),
+            cadence_days=0.9 + k % 3,
+            first_source_id=10_000 * (object_id - 999),
+            seed=k,
         )
         detections = np.flatnonzero(curve["kind"] == 0)
         for i in detections[::every]:
@@ -44,7 +56,12 @@ def make_alerts(
     return out
 
 
+@cache
+def _atcat(path: str) -> se.ATCAT:
+    return se.ATCAT(ort.InferenceSession(path))
+
+
 def expected_embedding(atcat_file: Path, curve: np.ndarray) -> np.ndarray:
     """What the ATCAT file gives for a light curve, called directly."""
-    model = se.ATCAT(ort.InferenceSession(str(atcat_file)))
+    model = _atcat(str(atcat_file))
     return model(curve["time"], curve["flux"], curve["flux_err"], curve["band"].astype(np.int64))

@@ -7,6 +7,7 @@ import shutil
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -131,11 +132,8 @@ def local_kafka() -> Iterator[kafka_local.LocalKafka]:
         yield broker
 
 
-@pytest.fixture
-def kafka_topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
-    """``make(partitions=1, *, prefix="test", config=None, bootstrap=None) -> name``:
-    creates a uniquely named topic (replication 1) on ``kafka_bootstrap`` (or
-    ``bootstrap``), waits until its partitions have leaders, and deletes it afterwards."""
+@contextmanager
+def _topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
     created: dict[str, list[str]] = {}
 
     def make(
@@ -161,3 +159,20 @@ def kafka_topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
                 future.result(10)
         except Exception:
             pass
+
+
+@pytest.fixture
+def kafka_topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """``make(partitions=1, *, prefix="test", config=None, bootstrap=None) -> name``:
+    creates a uniquely named topic (replication 1) on ``kafka_bootstrap`` (or
+    ``bootstrap``), waits until its partitions have leaders, and deletes it afterwards."""
+    with _topic_factory(kafka_bootstrap) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def module_topic_factory(kafka_bootstrap: str) -> Iterator[Callable[..., str]]:
+    """:func:`kafka_topic_factory` for module-scoped fixtures (one service run shared by
+    a module's tests); its topics are deleted after the module."""
+    with _topic_factory(kafka_bootstrap) as make:
+        yield make

@@ -73,6 +73,11 @@ def test_kafka_properties_pass_through_and_secrets_come_from_files(tmp_path) -> 
         ),
         ({**BASE, "STREAMER_EXIT_WHEN_CAUGHT_UP": "perhaps"}, "STREAMER_EXIT_WHEN_CAUGHT_UP: expected bool"),
         ({**BASE, "STREAMER_METRICS_PORT": "70000"}, "STREAMER_METRICS_PORT: not a TCP port"),
+        ({**BASE, "STREAMER_MAX_MESSAGE_BYTES": "0"}, "STREAMER_MAX_MESSAGE_BYTES: must be at least 1"),
+        (
+            {**BASE, "STREAMER_DEAD_LETTER_MAX_BYTES": "-1"},
+            "STREAMER_DEAD_LETTER_MAX_BYTES: must not be negative",
+        ),
         ({**BASE, "STREAMER_KAFKA_GROUP_ID": "x"}, "STREAMER_KAFKA_GROUP_ID: set by streamer itself"),
         (
             {**BASE, "STREAMER_KAFKA_SASL_PASSWORD_FILE": "/nonexistent"},

@@ -4,11 +4,16 @@ The framing is read from the first bytes unless configuration forces one:
 
 * ``0x00`` + 4-byte big-endian schema id: Confluent wire format (Rubin);
 * ``Obj\\x01``: an Avro object container file (ZTF; Rubin and ELAsTiCC sample files);
+* ``0xC3 0x01`` + the fingerprint of ``schemas/photometry.avsc``: a compact photometry
+  record written by ``streamer repartition`` (:mod:`streamer.alerts.photometry_codec`);
 * anything else: schemaless Avro written with the configured schema (ELAsTiCC).
 
-Schemaless ELAsTiCC payloads cannot be mistaken for the other two: they open with the
+Schemaless ELAsTiCC payloads cannot be mistaken for the others: they open with the
 varint of a positive ``alertId``, whose first byte is even and non-zero for any id but
-0, while ``O`` (0x4F) is odd.
+0, while ``O`` (0x4F) and 0xC3 are odd.
+
+A message longer than ``max_message_bytes`` (when set) is rejected as ``oversized``
+before any of it is parsed, whatever its framing.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from enum import StrEnum
 from os import PathLike
 from typing import Any
 
+from streamer.alerts import photometry_codec
 from streamer.alerts.container import (
     CONTAINER_MAGIC,
     ContainerHeader,
@@ -56,6 +62,7 @@ class Framing(StrEnum):
     CONFLUENT = "confluent"
     CONTAINER = "container"
     SCHEMALESS = "schemaless"
+    PHOTOMETRY = "photometry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +115,8 @@ class AlertDecoder:
     ----------
     framing : Framing or str
         ``"auto"`` (default) detects the framing from the bytes; ``"confluent"``,
-        ``"container"`` or ``"schemaless"`` force one.
+        ``"container"``, ``"schemaless"`` or ``"photometry"`` (``streamer repartition``'s
+        records) force one.
     schemaless_schema : str, path-like, mapping or None
         Writer schema of schemaless messages: a built-in name (default
         ``"elasticc.v0_9"``), an ``.avsc`` path, or a schema dict. ``None`` disables
@@ -119,6 +127,9 @@ class AlertDecoder:
         A ready registry client instead of ``registry_url``.
     schema_cache_size : int
         Container-file schemas kept parsed; the least recently used is evicted.
+    max_message_bytes : int, optional
+        Longest message accepted, by :meth:`decode` and :meth:`iter_container` alike;
+        longer ones are rejected as ``oversized`` unread. ``None`` (default) sets no limit.
 
     Attributes
     ----------
@@ -135,6 +146,7 @@ class AlertDecoder:
         registry_url: str | None = None,
         registry_client: RegistryClient | None = None,
         schema_cache_size: int = 64,
+        max_message_bytes: int | None = None,
     ) -> None:
         try:
             self.framing = Framing(framing)
@@ -146,6 +158,9 @@ class AlertDecoder:
             raise ValueError(f"schema_cache_size must be positive, got {schema_cache_size}")
         if self.framing is Framing.SCHEMALESS and schemaless_schema is None:
             raise ValueError("framing='schemaless' needs a schemaless_schema")
+        if max_message_bytes is not None and max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be positive or None, got {max_message_bytes}")
+        self.max_message_bytes = max_message_bytes
         self.dropped_rows: Counter[str] = Counter()
         self._rubin = RubinSchemas(registry_url=registry_url, registry_client=registry_client)
         self._confluent_plans: dict[int, _DecodingPlan] = {}
@@ -171,12 +186,20 @@ class AlertDecoder:
         SchemaRegistryUnavailable
             Only with a registry, when it cannot be reached (not the message's fault).
         """
+        self._check_size(message)
         message = bytes(message)
         framing = self.framing if self.framing is not Framing.AUTO else self._detect(message)
         if framing is Framing.CONFLUENT:
             return self._decode_confluent(message)
         if framing is Framing.CONTAINER:
             return self._decode_container(message)
+        if framing is Framing.PHOTOMETRY:
+            return photometry_codec.decode(message)
+        if self.framing is Framing.AUTO:
+            try:
+                return self._decode_schemaless(message)
+            except RejectedAlert as rejection:
+                raise self._misframed_confluent(message) or rejection from None
         return self._decode_schemaless(message)
 
     def iter_container(
@@ -199,8 +222,9 @@ class AlertDecoder:
                 raise rejection
             on_reject(rejection)
 
-        data = bytes(data)
         try:
+            self._check_size(data)
+            data = bytes(data)
             header = read_container_header(data)
             plan = self._container_plan(header)
             for count, records, end in iter_container_blocks(data, header):
@@ -221,11 +245,35 @@ class AlertDecoder:
             # Header and block framing errors end the file: nothing after them can be located.
             reject(rejection)
 
+    def _check_size(self, message: bytes) -> None:
+        if self.max_message_bytes is not None and len(message) > self.max_message_bytes:
+            raise RejectedAlert(
+                "oversized", f"{len(message)} bytes, more than max_message_bytes={self.max_message_bytes}"
+            )
+
+    def _misframed_confluent(self, message: bytes) -> RejectedAlert | None:
+        """``bad_magic`` for a Confluent header with a wrong magic byte, else None.
+
+        Auto framing reads such bytes as schemaless; only once that fails (so never for a
+        valid ELAsTiCC alert) does a known Rubin schema id in bytes 1-4 say what they are.
+        """
+        if len(message) < CONFLUENT_HEADER_SIZE:
+            return None
+        schema_id = int.from_bytes(message[1:CONFLUENT_HEADER_SIZE], "big")
+        if schema_id not in self._confluent_plans and schema_id not in self._rubin.packaged_ids:
+            return None
+        return RejectedAlert(
+            "bad_magic",
+            f"Confluent header of Rubin schema id {schema_id} with magic byte {message[0]:#04x}, not 0x00",
+        )
+
     def _detect(self, message: bytes) -> Framing:
         if not message:
             raise RejectedAlert("truncated", "empty message")
         if message.startswith(CONTAINER_MAGIC):
             return Framing.CONTAINER
+        if photometry_codec.is_photometry(message):
+            return Framing.PHOTOMETRY
         if message[0] == CONFLUENT_MAGIC:
             return Framing.CONFLUENT
         if len(message) < len(CONTAINER_MAGIC) and CONTAINER_MAGIC.startswith(message):

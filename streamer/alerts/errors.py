@@ -6,7 +6,8 @@ from __future__ import annotations
 #: dead-letter reasons, so they are part of the public interface: add, never rename.
 REJECTION_REASONS: dict[str, str] = {
     "truncated": "the message ends before its framing or Avro payload does",
-    "bad_magic": "the framing forced by configuration is not what the bytes start with",
+    "bad_magic": "the bytes do not start with the forced framing's magic, or (auto framing) they hold "
+    "a Confluent header with a known Rubin schema id behind a magic byte other than 0x00",
     "not_avro": "the bytes match no framing and no schemaless schema is configured",
     "bad_container": "an Avro container file with a broken header, codec, sync marker or record count",
     "unknown_schema": "no schema for the Confluent schema id, or a schema that is not an alert we map",
@@ -17,7 +18,9 @@ REJECTION_REASONS: dict[str, str] = {
     "non_finite_error": "the triggering detection has a null or non-finite flux error",
     "negative_error": "the triggering detection has a negative flux error",
     "unknown_band": "the triggering detection has a null band or one outside u g r i z y",
-    "no_usable_point": "no photometry point survived validation",
+    "no_usable_point": "no photometry row survived validation, or (embedding) the alert's as-of light "
+    "curve holds no point the model can use",
+    "oversized": "the message is longer than the configured max_message_bytes; it is not decoded",
 }
 
 

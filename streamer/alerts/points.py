@@ -97,17 +97,24 @@ def screen(points: np.ndarray, dropped: Counter[str]) -> np.ndarray:
     Raises
     ------
     RejectedAlert
-        With the failed check as reason when the triggering detection is unusable.
+        When the triggering detection is unusable: ``no_usable_point`` if no other row is
+        usable either, else the trigger's failed check as reason.
     """
     failures = failed_checks(points)
     if failures[0]:
         trigger = points[0]
         band = "missing/unknown" if trigger["band"] == NO_BAND else BANDS[trigger["band"]]
-        raise RejectedAlert(
-            _CHECKS[failures[0]],
-            f"triggering source {trigger['source_id']}: time={trigger['time']} flux={trigger['flux']} "
-            f"flux_err={trigger['flux_err']} band={band}",
+        detail = (
+            f"triggering source {trigger['source_id']}: {_CHECKS[failures[0]]}, time={trigger['time']} "
+            f"flux={trigger['flux']} flux_err={trigger['flux_err']} band={band}"
         )
+        if failures.all():
+            failed = Counter(_CHECKS[code] for code in failures)
+            counts = ", ".join(f"{n} {check}" for check, n in sorted(failed.items()))
+            raise RejectedAlert(
+                "no_usable_point", f"none of {len(points)} rows is usable ({counts}); {detail}"
+            )
+        raise RejectedAlert(_CHECKS[failures[0]], detail)
     bad = failures != 0
     if bad.any():
         dropped.update(_CHECKS[code] for code in failures[bad])

@@ -11,9 +11,14 @@ Value encoding, chosen so consumers never guess:
   :func:`decode_record_value`).
 
 Keys are the object id (UTF-8), so all records of an object land in one partition, in
-order. Dead-letter records carry the original message bytes and the headers
+order. The same sink writes ``streamer repartition``'s photometry records
+(:class:`PhotometryEncoder`, ``schemas/photometry.avsc``, always single-object encoded).
+Dead-letter records carry the original message bytes and the headers
 ``streamer.reason``, ``streamer.detail``, ``streamer.source.topic``,
-``streamer.source.partition`` and ``streamer.source.offset``.
+``streamer.source.partition`` and ``streamer.source.offset``. A dead letter keeps at most
+``dead_letter_max_bytes`` of key and value together (so an oversized message still fits
+the dead-letter topic): a longer value keeps its first bytes and gains the header
+``streamer.original.size``, its full length.
 """
 
 from __future__ import annotations
@@ -21,16 +26,21 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from streamer.alerts import photometry_codec
+from streamer.photometry import DecodedAlert
 from streamer.pipeline import Rejection
 from streamer.records import EmbeddingRecord, record_schema
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONTENT_TYPE = "application/vnd.apache.avro+binary; schema=org.streamer.v1.EmbeddingRecord"
+#: Default cap on a dead letter's key plus value: under librdkafka's default
+#: ``message.max.bytes`` (1,000,000) and the broker's (1,048,588), with room for headers.
+DEAD_LETTER_MAX_BYTES = 900_000
 
 
 def schema_fingerprint() -> bytes:
@@ -84,16 +94,48 @@ class RecordEncoder:
         return encode_record_value(record, self.prefix)
 
 
-class KafkaRecordSink:
+class PhotometryEncoder:
+    """Turns decoded alerts into photometry values (:mod:`streamer.alerts.photometry_codec`)."""
+
+    def __init__(self) -> None:
+        self.headers = [("content-type", photometry_codec.CONTENT_TYPE.encode())]
+
+    def encode(self, alert: DecodedAlert) -> bytes:
+        return photometry_codec.encode(alert)
+
+
+class KeyedRecord(Protocol):
+    """A record the sink can key: embedding records and decoded alerts both are."""
+
+    @property
+    def object_id(self) -> str: ...
+
+
+RecordT = TypeVar("RecordT", bound=KeyedRecord)
+RecordT_contra = TypeVar("RecordT_contra", contravariant=True)
+
+
+class ValueEncoder(Protocol[RecordT_contra]):
+    """:class:`RecordEncoder` or :class:`PhotometryEncoder`: values and their headers."""
+
+    headers: list[tuple[str, bytes]]
+
+    def encode(self, record: RecordT_contra) -> bytes: ...
+
+
+class KafkaRecordSink(Generic[RecordT]):
     """Produces a micro-batch's records and rejections on a (transactional) producer.
 
     Parameters
     ----------
     producer : confluent_kafka.Producer
     output_topic, dead_letter_topic : str
-    encoder : RecordEncoder
+    encoder : RecordEncoder or PhotometryEncoder
     on_delivery_error : callable
         Called with the error of any message the broker did not accept.
+    dead_letter_max_bytes : int
+        Most bytes of a dead letter's key and value together; keep it below the
+        dead-letter topic's ``max.message.bytes`` and the producer's ``message.max.bytes``.
     """
 
     def __init__(
@@ -101,14 +143,16 @@ class KafkaRecordSink:
         producer: Any,
         output_topic: str,
         dead_letter_topic: str,
-        encoder: RecordEncoder,
+        encoder: ValueEncoder[RecordT],
         on_delivery_error: Callable[[Any], None],
+        dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
     ) -> None:
         self.producer = producer
         self.output_topic = output_topic
         self.dead_letter_topic = dead_letter_topic
         self.encoder = encoder
         self._on_error = on_delivery_error
+        self.dead_letter_max_bytes = dead_letter_max_bytes
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
@@ -123,7 +167,7 @@ class KafkaRecordSink:
                 # Local queue full: let librdkafka send, then retry.
                 self.producer.poll(0.1)
 
-    def write(self, records: Sequence[EmbeddingRecord], rejections: Sequence[tuple[Rejection, Any]]) -> None:
+    def write(self, records: Sequence[RecordT], rejections: Sequence[tuple[Rejection, Any]]) -> None:
         """Queue every record and rejection; ``rejections`` pairs each with its source message."""
         for record in records:
             self._produce(
@@ -143,10 +187,14 @@ class KafkaRecordSink:
                     ("streamer.source.partition", str(message.partition()).encode()),
                     ("streamer.source.offset", str(message.offset()).encode()),
                 ]
-            self._produce(
-                topic=self.dead_letter_topic,
-                key=message.key() if message is not None else None,
-                value=rejection.data,
-                headers=headers,
-            )
+            key = message.key() if message is not None else None
+            # A dead letter over the topic's size limit would fail the whole batch, and the
+            # same batch again after every restart: cut it to fit instead.
+            key = key[: self.dead_letter_max_bytes] if key else key
+            value = rejection.data
+            room = self.dead_letter_max_bytes - len(key or b"")
+            if len(value) > room:
+                headers.append(("streamer.original.size", str(len(value)).encode()))
+                value = value[:room]
+            self._produce(topic=self.dead_letter_topic, key=key, value=value, headers=headers)
         self.producer.poll(0)

@@ -73,6 +73,15 @@ def _set_trigger(field: str, value: object) -> Callable[[dict[str, Any]], None]:
     return lambda record: record["diaSource"].__setitem__(field, value)
 
 
+def _nan_everywhere(record: dict[str, Any]) -> None:
+    for row in [record["diaSource"], *record["prvDiaSources"], *record["prvDiaForcedSources"]]:
+        row["psfFlux"] = float("nan")
+
+
+def _without_history(record: dict[str, Any]) -> None:
+    record["prvDiaSources"] = record["prvDiaForcedSources"] = []
+
+
 # (case, decoder options, message factory, reason)
 REJECTIONS: list[tuple[str, dict[str, Any], Callable[[], bytes], str]] = [
     ("empty", {}, lambda: b"", "truncated"),
@@ -87,6 +96,7 @@ REJECTIONS: list[tuple[str, dict[str, Any], Callable[[], bytes], str]] = [
         "truncated",
     ),
     ("wrong magic byte", {"framing": "confluent"}, lambda: b"\x01" + _rubin()[1:], "bad_magic"),
+    ("wrong magic byte, auto framing", {}, lambda: b"\x01" + _rubin()[1:], "bad_magic"),
     ("confluent bytes as container", {"framing": "container"}, lambda: _rubin(), "bad_magic"),
     ("no schemaless schema", {"schemaless_schema": None}, lambda: b"hello alert", "not_avro"),
     (
@@ -115,6 +125,15 @@ REJECTIONS: list[tuple[str, dict[str, Any], Callable[[], bytes], str]] = [
         "negative_error",
     ),
     ("missing band", {}, lambda: _rubin(_set_trigger("band", None)), "unknown_band"),
+    ("every row NaN", {}, lambda: _rubin(_nan_everywhere), "no_usable_point"),
+    (
+        "NaN trigger without history",
+        {},
+        lambda: _rubin(lambda r: (_without_history(r), _set_trigger("psfFlux", float("nan"))(r))),
+        "no_usable_point",
+    ),
+    ("longer than max_message_bytes", {"max_message_bytes": 1000}, lambda: _rubin(), "oversized"),
+    ("ZTF longer than max_message_bytes", {"max_message_bytes": 1000}, ZTF_SAMPLE.read_bytes, "oversized"),
     ("unknown band", {}, lambda: _rubin(_set_trigger("band", "Q")), "unknown_band"),
     ("unknown ZTF filter", {}, lambda: _ztf(lambda r: r["candidate"].update(fid=4)), "unknown_band"),
 ]
@@ -139,8 +158,15 @@ def test_bad_input_is_rejected_with_its_reason(
 
 
 def test_every_reason_is_exercised() -> None:
-    # no_usable_point cannot come from decode() (a valid trigger is always a point): see test_points.
-    assert {case[3] for case in REJECTIONS} | {"no_usable_point"} == set(REJECTION_REASONS)
+    assert {case[3] for case in REJECTIONS} == set(REJECTION_REASONS)
+
+
+def test_max_message_bytes_bounds_archives_too(ztf_sample: bytes) -> None:
+    rejected: list[RejectedAlert] = []
+    decoder = AlertDecoder(max_message_bytes=len(ztf_sample) - 1)
+    assert list(decoder.iter_container(ztf_sample, on_reject=rejected.append)) == []
+    assert [r.reason for r in rejected] == ["oversized"]
+    assert AlertDecoder(max_message_bytes=len(ztf_sample)).decode(ztf_sample).survey == "ztf"
 
 
 def test_random_bytes_are_rejected(decoder: AlertDecoder) -> None:

@@ -1,4 +1,9 @@
-"""Whatever the bytes, a decoder returns an alert or raises RejectedAlert, nothing else."""
+"""Whatever the bytes, a decoder returns an alert or raises RejectedAlert, nothing else.
+
+Random bytes go through every framing: detected (with and without a schemaless schema),
+each forced framing, behind each framing's valid opening bytes, and through
+``iter_container`` (the path of every message that opens like a container file).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import fastavro
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamer.alerts import AlertDecoder, RejectedAlert
+from streamer.alerts import REJECTION_REASONS, AlertDecoder, RejectedAlert
 from streamer.alerts.schemas import elasticc_v0_9_schema
 from streamer.alerts.synthetic import (
     encode_confluent,
@@ -30,6 +35,7 @@ DECODERS = [
     AlertDecoder(framing="confluent"),
     AlertDecoder(framing="container"),
     AlertDecoder(framing="schemaless"),
+    AlertDecoder(max_message_bytes=1500),
 ]
 
 
@@ -63,8 +69,8 @@ VALID = _valid_messages()
 def _decode_or_reject(decoder: AlertDecoder, message: bytes) -> None:
     try:
         assert isinstance(decoder.decode(message), DecodedAlert)
-    except RejectedAlert:
-        pass
+    except RejectedAlert as rejection:
+        assert rejection.reason in REJECTION_REASONS and rejection.detail
 
 
 @settings(max_examples=400, deadline=None)
@@ -75,12 +81,21 @@ def test_arbitrary_bytes(message: bytes, decoder: AlertDecoder) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    prefix=st.sampled_from([b"\x00\x00\x00\x02\xbc", b"\x00\x00\x00\x04\x4d", b"Obj\x01"]),
+    prefix=st.sampled_from(
+        [
+            b"\x00\x00\x00\x02\xbc",
+            b"\x00\x00\x00\x04\x4d",
+            b"\x00\x00\x00\x27\x0f",
+            b"\x01\x00\x00\x02\xc0",
+            b"Obj\x01",
+        ]
+    ),
     body=st.binary(max_size=2000),
     decoder=st.sampled_from(DECODERS),
 )
 def test_arbitrary_bytes_behind_valid_framing(prefix: bytes, body: bytes, decoder: AlertDecoder) -> None:
-    # Schema ids 700 and 1101, and the container magic: the payload parsers get the bytes.
+    # Schema ids 700, 1101 and 9999 (unknown), id 704 behind a wrong magic byte, and the
+    # container magic: the payload parsers get the bytes.
     _decode_or_reject(decoder, prefix + body)
 
 
@@ -109,6 +124,15 @@ def _mutated(draw: st.DrawFn) -> bytes:
 @given(message=_mutated(), decoder=st.sampled_from(DECODERS))
 def test_mutated_valid_messages(message: bytes, decoder: AlertDecoder) -> None:
     _decode_or_reject(decoder, message)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=2000))
+def test_random_archives_never_raise_with_a_callback(body: bytes) -> None:
+    rejected: list[RejectedAlert] = []
+    for alert in AlertDecoder().iter_container(b"Obj\x01" + body, on_reject=rejected.append):
+        assert isinstance(alert, DecodedAlert)
+    assert all(r.reason in REJECTION_REASONS for r in rejected)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

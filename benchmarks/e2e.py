@@ -1,0 +1,437 @@
+"""End-to-end throughput: the engine's ceiling against ``streamer run`` through a real broker.
+
+Starts the local Kafka broker (or uses ``--bootstrap``), publishes N Rubin-framed alerts
+with realistic histories, and for each model prints, in one run:
+
+  (a) ceiling   the many-curve embedding path (window cache and curve memo as the service
+                has them) on exactly the light curves the service embeds, batch by batch:
+                no Kafka, no decoding, no history store
+  (b) e2e EOS   alerts/s and embeddings/s of ``streamer run`` in exactly-once mode
+  (c) e2e ALOS  the same in at-least-once mode
+  (d) stages    per-stage time shares of the exactly-once run (decode, history, embed,
+                produce, commit; embed runs in its own thread, overlapping the others)
+  (e) replicas  replicas of this size for 10 million alerts a night, and for a burst of
+                10,000 alerts within 40 seconds
+
+and the ratios b/a (target >= 0.85 on the sized models) and b/c (EOS costs at most 10%).
+Throughput is counted from the first consumed batch to the last commit, read from the
+service's own summary; model loading and broker start-up are not counted.
+
+The stream: objects observed over a year on nights about three days apart, one or two
+visits a night in Rubin's bands, transients and periodic variables; a point is a
+detection at S/N >= 5 (it triggers an alert) and forced photometry otherwise. History
+lengths run from a few points to 400; three cutouts of 12 kB each. Alerts are published
+in time order to one partition. Generated once per (N, seed) into ``--cache``.
+
+``--memory N`` adds a run of N alerts (default 100,000) with the small model, reporting
+the service's peak RSS after 20,000 alerts and at the end.
+
+    python benchmarks/e2e.py                          # 20,000 alerts, all three models
+    python benchmarks/e2e.py --alerts 3000 --models atcat-sized
+    python benchmarks/e2e.py --models small --memory 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from streamer import kafka_local
+from streamer.alerts import AlertDecoder, synthetic
+from streamer.embed import synthetic as models
+from streamer.embedder import LightCurveEmbedder, load_model
+from streamer.history import MemoryHistoryStore
+from streamer.photometry import BANDS, POINT_DTYPE, PointKind, flux_to_mag
+from streamer.pipeline import Message, Pipeline
+
+CUTOUT_BYTES = (12_000, 12_000, 12_000)
+MAX_POINTS = 400
+BAND_WEIGHTS = np.array([0.05, 0.2, 0.25, 0.25, 0.15, 0.1])  # u g r i z y
+BATCH = 500
+WINDOW_CACHE = 256 << 20
+CURVE_MEMO = 64 << 20
+NIGHT_ALERTS = 10_000_000
+BURST_ALERTS, BURST_SECONDS = 10_000, 40.0
+
+
+# ----------------------------------------------------------------------------- stream
+def object_points(object_id: int, rng: np.random.Generator) -> np.ndarray:
+    """One object's photometry over a year (POINT_DTYPE, time-ordered)."""
+    n = int(np.exp(rng.uniform(np.log(3), np.log(MAX_POINTS))))
+    nights = np.cumsum(rng.exponential(3.0, n)) + rng.uniform(0, 365 - min(3.0 * n, 300))
+    second = rng.random(n) < 0.5  # a second visit 30 minutes later, same night
+    time = 61000.0 + np.sort(nights + second * 0.021 + rng.uniform(0, 0.3, n))
+    if rng.random() < 0.5:  # transient: a rise and a slower fall
+        t0, peak = rng.uniform(time[0], time[-1]), 10 ** rng.uniform(3.3, 4.7)
+        width = np.where(time < t0, rng.uniform(5, 20), rng.uniform(20, 60))
+        flux = peak * np.exp(-0.5 * ((time - t0) / width) ** 2)
+    else:  # periodic variable, as a difference flux around the template
+        amplitude, period = 10 ** rng.uniform(3.0, 4.3), rng.uniform(0.3, 50)
+        flux = amplitude * np.sin(2 * np.pi * time / period + rng.uniform(0, 6.3))
+    flux_err = 10 ** rng.uniform(1.7, 2.5, n)
+    flux = flux + rng.normal(0, 1, n) * flux_err
+    points = np.zeros(n, dtype=POINT_DTYPE)
+    points["source_id"] = object_id * 1000 + np.arange(n)
+    points["time"], points["flux"], points["flux_err"] = time, flux, flux_err
+    points["mag"], points["mag_err"] = flux_to_mag(flux, flux_err)
+    points["band"] = rng.choice(len(BANDS), size=n, p=BAND_WEIGHTS)
+    detected = np.abs(flux) >= 5 * flux_err
+    points["kind"] = np.where(detected, PointKind.DETECTION, PointKind.FORCED)
+    points["known_at"] = time
+    return points
+
+
+def object_alerts(object_id: int) -> list[tuple[float, bytes]]:
+    """(alert time, Rubin-framed bytes) for every detection of one object."""
+    points = object_points(object_id, np.random.default_rng(object_id))
+    out = []
+    for i in np.flatnonzero(points["kind"] == PointKind.DETECTION):
+        history = points[:i]
+        record = synthetic.make_lsst_alert(
+            object_id,
+            int(points["source_id"][i]),
+            points[i],
+            history[history["kind"] == PointKind.DETECTION],
+            history[history["kind"] == PointKind.FORCED],
+            cutout_bytes=CUTOUT_BYTES,
+            seed=int(points["source_id"][i]),
+        )
+        out.append((float(points["time"][i]), synthetic.encode_confluent(record)))
+    return out
+
+
+def expected_alerts(object_id: int) -> int:
+    points = object_points(object_id, np.random.default_rng(object_id))
+    return int(np.count_nonzero(points["kind"] == PointKind.DETECTION))
+
+
+@dataclass
+class Stream:
+    """Alerts on disk: ``data`` holds the bytes, ``index`` (time, offset, length) in time order."""
+
+    data: Path
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __iter__(self) -> Iterator[bytes]:
+        with self.data.open("rb") as f:
+            for _, offset, length in self.index:
+                f.seek(int(offset))
+                yield f.read(int(length))
+
+
+def generate(n_alerts: int, cache: Path, seed: int = 1) -> Stream:
+    """The first ``n_alerts`` alerts, in time order, of enough objects (cached on disk)."""
+    base = cache / f"rubin-{n_alerts}-{seed}"
+    data, index_path = base.with_suffix(".bin"), base.with_suffix(".npy")
+    if data.exists() and index_path.exists():
+        return Stream(data, np.load(index_path))
+    cache.mkdir(parents=True, exist_ok=True)
+    object_ids, total = [], 0
+    while total < n_alerts * 1.02:  # a little more: the latest alerts are cut off
+        object_id = seed * 10_000_000 + len(object_ids) + 1
+        object_ids.append(object_id)
+        total += expected_alerts(object_id)
+    rows = []
+    tmp = data.with_suffix(".tmp")
+    with tmp.open("wb") as f, multiprocessing.Pool(os.cpu_count()) as pool:
+        done = 0
+        for alerts in pool.imap_unordered(object_alerts, object_ids, chunksize=8):
+            for t, payload in alerts:
+                rows.append((t, f.tell(), len(payload)))
+                f.write(payload)
+            done += len(alerts)
+            print(f"\r  generating alerts: {done}/{total}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    index = np.array(sorted(rows), dtype=float)[:n_alerts]
+    tmp.rename(data)
+    np.save(index_path, index)
+    return Stream(data, index)
+
+
+def describe(stream: Stream) -> str:
+    decoder = AlertDecoder("confluent")
+    sample = [a for i, a in enumerate(stream) if i % max(len(stream) // 500, 1) == 0]
+    lengths = np.array([len(decoder.decode(a).points) for a in sample])
+    sizes = stream.index[:, 2]
+    return (
+        f"{len(stream)} alerts, mean {sizes.mean() / 1e3:.0f} kB; history points per alert: "
+        f"median {np.median(lengths):.0f}, mean {lengths.mean():.0f}, max {lengths.max()} (sampled)"
+    )
+
+
+def publish(bootstrap: str, topic: str, stream: Stream) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "none", "acks": "all"}
+    )
+    for i, payload in enumerate(stream):
+        while True:
+            try:
+                producer.produce(topic, payload)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        if i % 1000 == 0:
+            producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError("publishing did not finish")
+
+
+# ----------------------------------------------------------------------------- engine
+@dataclass
+class Model:
+    label: str
+    family: str
+    path: Path
+    sized: bool
+
+
+def build_models(names: list[str], directory: Path) -> list[Model]:
+    builders = {
+        "astromer1-sized": ("astromer1", models.build_astromer1_sized, True),
+        "atcat-sized": ("atcat", models.build_atcat_sized, True),
+        "small": ("atcat", lambda p: models.build_atcat(p, n_layers=0), False),
+    }
+    out = []
+    for name in names:
+        family, build, sized = builders[name]
+        out.append(Model(name, family, Path(build(directory / f"{name}.onnx")), sized))
+    return out
+
+
+def engine_ceiling(model: Model, stream: Stream) -> dict[str, float]:
+    """Embedding time alone, on the curves the service embeds, in its batches."""
+    session = load_model(model.family, model_file=model.path, cache_bytes=WINDOW_CACHE)
+    embedder = LightCurveEmbedder(session, model.label, memo_bytes=CURVE_MEMO)
+    pipeline = Pipeline(AlertDecoder("confluent"), MemoryHistoryStore(), embedder)
+    messages = [Message(a, str(i)) for i, a in enumerate(stream)]
+    prepared = [pipeline.prepare(messages[i : i + BATCH]) for i in range(0, len(messages), BATCH)]
+    seconds, records = 0.0, 0
+    for batch in prepared:
+        t0 = time.perf_counter()
+        outcome = pipeline.embed(batch)
+        seconds += time.perf_counter() - t0
+        records += len(outcome.records)
+    return {
+        "alerts/s": len(stream) / seconds,
+        "embeddings/s": records / seconds,
+        "windows": session.windows_computed,
+        "seconds": seconds,
+    }
+
+
+# ---------------------------------------------------------------------------- service
+@dataclass
+class ServiceRun:
+    summary: dict
+    rss_samples: list[tuple[int, int]] = field(default_factory=list)  # (consumed, VmHWM kB)
+
+    @property
+    def busy(self) -> float:
+        return float(self.summary["busy_seconds"])
+
+    def rate(self, key: str) -> float:
+        return self.summary[key] / self.busy
+
+    def peak_rss_mb_at(self, consumed: int) -> float:
+        after = [hwm for n, hwm in self.rss_samples if n >= consumed]
+        return (after[0] if after else self.rss_samples[-1][1]) / 1024
+
+
+def _consumed(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
+            text = r.read().decode()
+    except OSError:
+        return -1
+    return int(
+        sum(float(v) for v in re.findall(r"^streamer_alerts_consumed_total\{[^}]*\} (\S+)", text, re.M))
+    )
+
+
+def _hwm_kb(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(found.group(1)) if found else 0
+
+
+def run_service(bootstrap: str, topic: str, model: Model, delivery: str, workdir: Path) -> ServiceRun:
+    run_id = f"{model.label}-{delivery}-{time.monotonic_ns()}"
+    port = kafka_local.free_port()
+    kafka_local.create_topics(bootstrap, {f"out-{run_id}": 1, f"dlq-{run_id}": 1})
+    env = {
+        **os.environ,
+        "STREAMER_BOOTSTRAP_SERVERS": bootstrap,
+        "STREAMER_INPUT_TOPICS": topic,
+        "STREAMER_OUTPUT_TOPIC": f"out-{run_id}",
+        "STREAMER_DEAD_LETTER_TOPIC": f"dlq-{run_id}",
+        "STREAMER_GROUP_ID": f"bench-{run_id}",
+        "STREAMER_INSTANCE_ID": run_id,
+        "STREAMER_DELIVERY": delivery,
+        "STREAMER_MODEL": model.family,
+        "STREAMER_MODEL_FILE": str(model.path),
+        "STREAMER_HISTORY_PATH": str(workdir / f"{run_id}.sqlite"),
+        "STREAMER_BATCH_MAX_MESSAGES": str(BATCH),
+        "STREAMER_BATCH_MAX_WAIT_S": "0.5",
+        "STREAMER_WINDOW_CACHE_BYTES": str(WINDOW_CACHE),
+        "STREAMER_CURVE_MEMO_BYTES": str(CURVE_MEMO),
+        "STREAMER_EXIT_WHEN_CAUGHT_UP": "true",
+        "STREAMER_METRICS_PORT": str(port),
+        "STREAMER_LOG_FORMAT": "json",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamer.cli", "run"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    samples: list[tuple[int, int]] = []
+
+    def watch() -> None:
+        while proc.poll() is None:
+            hwm, consumed = _hwm_kb(proc.pid), _consumed(port)
+            if hwm and consumed >= 0:
+                samples.append((consumed, hwm))
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert proc.stderr is not None
+    summary = None
+    for line in proc.stderr:
+        if '"stopped:' in line:
+            summary = json.loads(line)
+        elif '"level": "ERROR"' in line or "Traceback" in line:
+            print("   ", line.rstrip(), file=sys.stderr)
+    code = proc.wait()
+    watcher.join()
+    if code != 0 or summary is None:
+        raise RuntimeError(f"streamer run exited with {code}")
+    return ServiceRun(summary, samples)
+
+
+# ------------------------------------------------------------------------------- main
+def report(
+    model: Model, ceiling: dict[str, float], eos: ServiceRun, alos: ServiceRun, night_hours: float
+) -> None:
+    a, b, c = ceiling["embeddings/s"], eos.rate("embeddings"), alos.rate("embeddings")
+    print(f"\n== {model.label} ({'sized' if model.sized else 'small signature'}) ==")
+    print(
+        f"(a) ceiling   {ceiling['alerts/s']:8.1f} alerts/s {a:8.1f} embeddings/s  "
+        f"({ceiling['windows']} windows)"
+    )
+    for tag, run in (("(b) e2e EOS ", eos), ("(c) e2e ALOS", alos)):
+        s = run.summary
+        print(
+            f"{tag}  {run.rate('alerts'):8.1f} alerts/s {run.rate('embeddings'):8.1f} embeddings/s  "
+            f"({s['alerts']} alerts, {s['embeddings']} records, {s['rejected']} rejected, "
+            f"{s['batches']} batches, {run.busy:.1f} s)"
+        )
+    stages = eos.summary["stage_seconds"]
+    work = {k: v for k, v in stages.items() if k != "wait"}
+    total = sum(work.values())
+    shares = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in work.items())
+    print(
+        f"(d) stages    {shares} of {total:.1f} s busy; wall {eos.busy:.1f} s; "
+        f"main thread waited {stages.get('wait', 0):.1f} s for the model"
+    )
+    rate = eos.rate("alerts")
+    night_rate = NIGHT_ALERTS / (night_hours * 3600)
+    print(
+        f"(e) replicas  {math.ceil(night_rate / rate)} for 10M alerts in a {night_hours:g} h night "
+        f"({night_rate:.0f} alerts/s), {math.ceil(BURST_ALERTS / BURST_SECONDS / rate)} for "
+        f"{BURST_ALERTS} alerts in {BURST_SECONDS:g} s ({BURST_ALERTS / BURST_SECONDS:.0f} alerts/s)"
+    )
+    verdict = "ok" if b / a >= 0.85 or not model.sized else "BELOW 0.85"
+    print(
+        f"    b/a {b / a:.2f} ({verdict if model.sized else 'no target: small model'}); "
+        f"b/c {b / c:.2f} ({'ok' if b / c >= 0.90 else 'EOS costs more than 10%'})"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--alerts", type=int, default=20_000)
+    parser.add_argument("--models", default="astromer1-sized,atcat-sized,small")
+    parser.add_argument("--memory", type=int, nargs="?", const=100_000, default=0, metavar="N")
+    parser.add_argument("--night-hours", type=float, default=10.0)
+    parser.add_argument("--bootstrap", help="an existing broker (default: start the local one)")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "streamer" / "bench")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="streamer-e2e-") as tmp:
+        workdir = Path(tmp)
+        broker = None
+        if args.bootstrap:
+            bootstrap = args.bootstrap
+        else:
+            broker = kafka_local.LocalKafka(work_dir=workdir / "kafka").start()
+            bootstrap = broker.bootstrap_servers
+        try:
+            names = [m for m in args.models.split(",") if m]
+            if names:
+                stream = generate(args.alerts, args.cache)
+                print(describe(stream))
+                topic = f"alerts-{args.alerts}-{time.monotonic_ns()}"
+                kafka_local.create_topics(bootstrap, {topic: 1}, config={"max.message.bytes": "4194304"})
+                t0 = time.perf_counter()
+                publish(bootstrap, topic, stream)
+                print(f"published in {time.perf_counter() - t0:.1f} s")
+            for model in build_models(names, workdir):
+                print(
+                    f"\n-- {model.label}: ceiling, exactly-once, at-least-once, ceiling again",
+                    file=sys.stderr,
+                )
+                first = engine_ceiling(model, stream)
+                eos = run_service(bootstrap, topic, model, "exactly-once", workdir)
+                alos = run_service(bootstrap, topic, model, "at-least-once", workdir)
+                second = engine_ceiling(model, stream)
+                ceiling = max(first, second, key=lambda c: c["embeddings/s"])
+                report(model, ceiling, eos, alos, args.night_hours)
+            if args.memory:
+                memory_run(bootstrap, args.memory, args.cache, workdir)
+        finally:
+            if broker is not None:
+                broker.stop()
+    return 0
+
+
+def memory_run(bootstrap: str, n_alerts: int, cache: Path, workdir: Path) -> None:
+    stream = generate(n_alerts, cache)
+    print(f"\n== memory: {describe(stream)}")
+    topic = f"alerts-{n_alerts}-{time.monotonic_ns()}"
+    kafka_local.create_topics(bootstrap, {topic: 1}, config={"max.message.bytes": "4194304"})
+    publish(bootstrap, topic, stream)
+    (model,) = build_models(["small"], workdir)
+    run = run_service(bootstrap, topic, model, "exactly-once", workdir)
+    early, late = run.peak_rss_mb_at(20_000), run.peak_rss_mb_at(n_alerts)
+    print(
+        f"peak RSS {early:.0f} MB after 20,000 alerts, {late:.0f} MB after {run.summary['alerts']:,}: "
+        f"+{100 * (late / early - 1):.0f}% ({'ok' if late <= 1.25 * early else 'MORE THAN +25%'}); "
+        f"{run.rate('alerts'):.0f} alerts/s"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""``streamer repartition``: re-key an alert topic by object id into a photometry topic.
+
+Rubin's and ZTF's alert topics are not keyed by object: one object's alerts are spread
+over every partition, so each replica of ``streamer run`` in a consumer group would see
+only some of them. The repartitioner decodes every alert once and publishes its compact
+photometry record (``schemas/photometry.avsc``, :mod:`streamer.alerts.photometry_codec`)
+keyed by object id; the producer's partitioner then puts all of an object's alerts in
+one partition of the output topic, and replicas of ``streamer run`` with
+``STREAMER_FRAMING=photometry`` split the objects between them.
+
+The lifecycle is the service's, without model or history: consume a micro-batch,
+decode it, produce the records and dead letters (the service's
+:class:`~streamer.sinks.kafka.KafkaRecordSink`), then commit: exactly-once, the offsets
+in the same transaction; at-least-once, flush and then commit. A re-delivered batch is
+re-published under at-least-once, which ``streamer run`` absorbs: re-merging an alert is
+a no-op and its record comes out the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from streamer.alerts import AlertDecoder
+from streamer.config import Config, ConfigError
+from streamer.metrics import Health, ServiceMetrics, serve_http
+from streamer.photometry import DecodedAlert
+from streamer.pipeline import Message, decode_messages
+from streamer.service import BROKER_PROBE_INTERVAL_S, FatalKafkaError, configure_logging
+from streamer.sinks.kafka import KafkaRecordSink, PhotometryEncoder
+
+log = logging.getLogger("streamer.repartition")
+
+
+def check_config(config: Config) -> None:
+    """Refuse settings whose defaults belong to ``streamer run``.
+
+    Raises
+    ------
+    ConfigError
+        When the output topic is the embedding topic's default name or one of the input
+        topics, or when the consumer group is ``streamer run``'s default.
+    """
+    defaults = Config.__dataclass_fields__
+    if config.output_topic == defaults["output_topic"].default:
+        raise ConfigError(
+            f"STREAMER_OUTPUT_TOPIC: name the photometry topic to write ({config.output_topic!r}, "
+            "the default, is streamer run's embedding topic)"
+        )
+    if config.output_topic in config.input_topics:
+        raise ConfigError(f"STREAMER_OUTPUT_TOPIC: {config.output_topic!r} is also an input topic")
+    if config.group_id == defaults["group_id"].default:
+        raise ConfigError(
+            f"STREAMER_GROUP_ID: give streamer repartition its own consumer group "
+            f"({config.group_id!r}, the default, is streamer run's)"
+        )
+
+
+class Repartitioner:
+    """The repartitioning consumer loop. ``run()`` returns the exit status.
+
+    Parameters
+    ----------
+    config : Config
+        ``output_topic`` is the photometry topic; see :func:`check_config`.
+    metrics : ServiceMetrics, optional
+        The service's metrics, of which the consumed, decoded, rejected, batch, stage
+        (decode, produce, commit) and lag series apply.
+    """
+
+    def __init__(self, config: Config, metrics: ServiceMetrics | None = None) -> None:
+        check_config(config)
+        self.config = config
+        self.metrics = metrics or ServiceMetrics()
+        self.health = Health()
+        self.health.model_loaded = True  # there is none: ready once assigned and connected
+        self.stopping = False
+        self.http: WSGIServer | None = None
+        self.stats = dict.fromkeys(("messages", "alerts", "rejected", "batches"), 0)
+        self._exactly_once = config.delivery == "exactly-once"
+        self._fatal: str | None = None
+        self._delivery_error: Any = None
+        self._assigned: list[TopicPartition] = []
+        self._done_partitions: set[tuple[str, int]] = set()
+        self._last_probe = 0.0
+
+    # ------------------------------------------------------------- set-up
+    def _clients(self) -> tuple[Consumer, Producer]:
+        c = self.config
+        common = {"bootstrap.servers": c.bootstrap_servers, "error_cb": self._on_kafka_error, **c.kafka}
+        consumer = Consumer(
+            {
+                **common,
+                "group.id": c.group_id,
+                "group.instance.id": c.instance_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": c.exit_when_caught_up or c.until_time_ms is not None,
+            }
+        )
+        producer_conf = {**common, "enable.idempotence": True, "linger.ms": 5}
+        if self._exactly_once:
+            producer_conf["transactional.id"] = c.transactional_id
+        return consumer, Producer(producer_conf)
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self.health.broker_reachable = False
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED) or err.fatal():
+            self._fatal = f"Kafka: {err.str()}"
+        log.warning("kafka: %s", err.str())
+
+    def _on_delivery_error(self, err: Any) -> None:
+        self._delivery_error = err
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        c = self.config
+        if c.start_from in ("beginning", "end"):
+            for p in partitions:
+                p.offset = OFFSET_BEGINNING if c.start_from == "beginning" else OFFSET_END
+        elif c.start_from == "time":
+            query = [TopicPartition(p.topic, p.partition, c.start_time_ms or 0) for p in partitions]
+            partitions = consumer.offsets_for_times(query, timeout=10)
+        consumer.assign(partitions)
+        self._assigned = list(partitions)
+        self.health.assigned = bool(partitions)
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Each batch is committed before the next consume(): nothing is in flight here.
+        consumer.unassign()
+        self._assigned = []
+        self.health.assigned = False
+
+    # ---------------------------------------------------------------- loop
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        log.info("stop requested: draining the current batch")
+        self.stopping = True
+
+    def run(self, install_signals: bool = True) -> int:
+        """Serve until stopped (SIGTERM/SIGINT), caught up (if asked) or a fatal error."""
+        c = self.config
+        log.info("starting: %r", c)
+        if install_signals:
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        decoder = AlertDecoder(
+            c.framing,
+            schemaless_schema=c.schemaless_schema,
+            registry_url=c.schema_registry_url,
+            max_message_bytes=c.max_message_bytes,
+        )
+        self.http = serve_http(self.metrics, self.health, c.metrics_port)
+        consumer, producer = self._clients()
+        sink = KafkaRecordSink[DecodedAlert](
+            producer,
+            c.output_topic,
+            c.dead_letter_topic,
+            PhotometryEncoder(),
+            self._on_delivery_error,
+            dead_letter_max_bytes=c.dead_letter_max_bytes,
+        )
+        try:
+            if self._exactly_once:
+                producer.init_transactions(30)
+            pattern = c.input_pattern
+            topics = [pattern if pattern.startswith("^") else f"^{pattern}"] if pattern else c.input_topics
+            consumer.subscribe(
+                topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            )
+            while not self.stopping:
+                self.health.beat()
+                if self._fatal:
+                    raise FatalKafkaError(self._fatal)
+                batch = self._consume(consumer)
+                if batch:
+                    self._process(batch, decoder, consumer, producer, sink)
+                    self.health.broker_reachable = True
+                else:
+                    self._probe_broker(consumer)
+                    self._update_lag(consumer)
+                    if self._caught_up():
+                        log.info("caught up: exiting")
+                        break
+            return 0
+        except (FatalKafkaError, KafkaException) as exc:
+            log.error("fatal: %s", exc)
+            print(f"streamer: fatal: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            self._shutdown(consumer, producer)
+
+    def _consume(self, consumer: Consumer) -> list[Any]:
+        c = self.config
+        batch = []
+        for m in consumer.consume(num_messages=c.batch_max_messages, timeout=c.batch_max_wait_s):
+            err, where = m.error(), (str(m.topic()), int(m.partition() or 0))
+            if err is None:
+                if c.until_time_ms is not None and m.timestamp()[1] > c.until_time_ms:
+                    self._done_partitions.add(where)
+                    consumer.pause([TopicPartition(*where)])
+                    continue
+                batch.append(m)
+                self._done_partitions.discard(where)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self._done_partitions.add(where)
+            elif err.fatal() or err.code() in (
+                KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                KafkaError.GROUP_AUTHORIZATION_FAILED,
+            ):
+                raise FatalKafkaError(f"Kafka: {err.str()}")
+            else:
+                log.warning("consume: %s", err.str())
+        return batch
+
+    def _caught_up(self) -> bool:
+        c = self.config
+        if not (c.exit_when_caught_up or c.until_time_ms is not None) or not self._assigned:
+            return False
+        return all((p.topic, p.partition) in self._done_partitions for p in self._assigned)
+
+    def _process(
+        self,
+        batch: list[Any],
+        decoder: AlertDecoder,
+        consumer: Consumer,
+        producer: Producer,
+        sink: KafkaRecordSink[DecodedAlert],
+    ) -> None:
+        m = self.metrics
+        by_source = {f"{msg.topic()}/{msg.partition()}/{msg.offset()}": msg for msg in batch}
+        for msg in batch:
+            m.consumed.labels(topic=msg.topic()).inc()
+        m.batch_messages.observe(len(batch))
+        t0 = time.perf_counter()
+        alerts, _, rejections = decode_messages(
+            decoder, [Message(msg.value() or b"", source) for source, msg in by_source.items()]
+        )
+        t1 = time.perf_counter()
+        dead = []
+        for r in rejections:
+            msg = by_source[r.source.split("#", 1)[0]]
+            # One alert of a many-alert container file: dead-letter the whole message.
+            dead.append((r if r.data else type(r)(r.reason, r.detail, r.source, msg.value() or b""), msg))
+        try:
+            if self._exactly_once:
+                producer.begin_transaction()
+            self._delivery_error = None
+            sink.write(alerts, dead)
+            t2 = time.perf_counter()
+            offsets = _next_offsets(batch)
+            if self._exactly_once:
+                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+                producer.commit_transaction(60)
+            else:
+                left = producer.flush(60)
+                if self._delivery_error is not None or left:
+                    why = self._delivery_error or f"{left} messages not delivered in 60 s"
+                    raise FatalKafkaError(f"Kafka: delivery failed: {why}")
+                consumer.commit(offsets=offsets, asynchronous=False)
+        except BaseException:
+            # Nothing of this batch becomes visible; a restart re-processes it.
+            if self._exactly_once:
+                try:
+                    producer.abort_transaction(30)
+                except KafkaException as exc:
+                    log.warning("aborting the transaction: %s", exc)
+            raise
+        t3 = time.perf_counter()
+        for stage, seconds in (("decode", t1 - t0), ("produce", t2 - t1), ("commit", t3 - t2)):
+            m.stage_seconds.labels(stage=stage).observe(seconds)
+        for alert in alerts:
+            m.decoded.labels(survey=alert.survey).inc()
+        for r in rejections:
+            m.rejected.labels(reason=r.reason).inc()
+        self._update_lag(consumer)
+        s = self.stats
+        s["messages"] += len(batch)
+        s["alerts"] += len(alerts)
+        s["rejected"] += len(rejections)
+        s["batches"] += 1
+
+    def _probe_broker(self, consumer: Consumer) -> None:
+        now = time.monotonic()
+        if now - self._last_probe < BROKER_PROBE_INTERVAL_S and self.health.broker_reachable:
+            return
+        self._last_probe = now
+        try:
+            consumer.list_topics(timeout=2)
+            self.health.broker_reachable = True
+        except KafkaException:
+            self.health.broker_reachable = False
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        lags = []
+        try:
+            positions = consumer.position(self._assigned) if self._assigned else []
+        except KafkaException:
+            return
+        for p in positions:
+            try:
+                _, high = consumer.get_watermark_offsets(p, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0 and p.offset >= 0:
+                lags.append((p.topic, p.partition, max(high - p.offset, 0)))
+        self.metrics.set_lag(lags)
+
+    def _shutdown(self, consumer: Consumer, producer: Producer) -> None:
+        try:
+            consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("closing consumer: %s", exc)
+        producer.flush(10)
+        if self.http is not None:
+            self.http.shutdown()
+        s = self.stats
+        log.info(
+            "stopped: %d messages, %d alerts repartitioned, %d rejected",
+            s["messages"],
+            s["alerts"],
+            s["rejected"],
+        )
+
+
+def _next_offsets(batch: list[Any]) -> list[TopicPartition]:
+    """The offsets to commit after ``batch``: one past its last message, per partition."""
+    last: dict[tuple[str, int], int] = {}
+    for msg in batch:
+        key = (msg.topic(), msg.partition())
+        last[key] = max(last.get(key, -1), msg.offset())
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+def run_repartition(config: Config) -> int:
+    """Configure logging and run a :class:`Repartitioner` until it stops; returns the exit status."""
+    configure_logging(config)
+    return Repartitioner(config).run()

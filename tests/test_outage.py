@@ -1,0 +1,96 @@
+"""Broker outage: the broker stops for 30 s mid-run; the service stays up, reports not ready
+meanwhile, then resumes, and no alert is lost or duplicated."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from streamer import kafka_local
+from streamer.sinks.kafka import decode_record_value
+from tests.alert_factory import make_alerts
+from tests.test_service import _env, _free_port, _get, _publish, _read_all
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+OUTAGE_S = 30.0
+
+
+def _produced(port: int) -> float:
+    try:
+        status, body = _get(f"http://127.0.0.1:{port}/metrics")
+    except OSError:  # not serving yet
+        return -1.0
+    found = re.search(rb"^streamer_embeddings_produced_total (\S+)", body, re.M) if status == 200 else None
+    return float(found.group(1)) if found else -1.0
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
+    local_kafka, atcat_file, tmp_path
+) -> None:
+    bootstrap = local_kafka.bootstrap_servers
+    alerts = make_alerts(n_objects=24, every=1, cutout_bytes=500)
+    run = uuid.uuid4().hex[:8]
+    topics = {"input": f"in-{run}", "output": f"out-{run}", "dlq": f"dlq-{run}"}
+    kafka_local.create_topics(bootstrap, {name: 3 for name in topics.values()})
+    half = len(alerts) // 2
+    _publish(bootstrap, topics["input"], [a.data for a in alerts[:half]])
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        **_env(bootstrap, topics, atcat_file, STREAMER_HISTORY_PATH=str(tmp_path / "h.sqlite")),
+        "STREAMER_METRICS_PORT": str(port),
+        "STREAMER_BATCH_MAX_MESSAGES": "20",
+        "STREAMER_EXIT_WHEN_CAUGHT_UP": "false",
+    }
+    log_path = tmp_path / "service.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "run"], env=env, stderr=log)
+    try:
+        _wait(lambda: _produced(port) > 0, 90, "the first records")
+        assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+
+        local_kafka.pause()  # mid-run: the first half is still being processed
+        stopped = time.monotonic()
+        not_ready_seen = False
+        while time.monotonic() - stopped < OUTAGE_S:
+            assert proc.poll() is None, "the service exited during the outage"
+            not_ready_seen |= _get(f"http://127.0.0.1:{port}/readyz")[0] == 503
+            assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+            time.sleep(0.5)
+        assert not_ready_seen, "/readyz never reported the broker outage"
+        local_kafka.resume()
+
+        _publish(bootstrap, topics["input"], [a.data for a in alerts[half:]])
+        _wait(lambda: _produced(port) >= len(alerts), 150, "every alert's record after the outage")
+        _wait(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "ready again")
+        assert proc.poll() is None
+    except BaseException:
+        proc.kill()
+        print(log_path.read_text()[-6000:])
+        raise
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(60)
+    assert code == 0, log_path.read_text()[-3000:]
+
+    records = [
+        decode_record_value(m.value()) for m in _read_all(bootstrap, topics["output"], len(alerts), 60)
+    ]
+    ids = [r.alert_id for r in records]
+    assert sorted(ids) == sorted(a.alert_id for a in alerts), "lost or duplicated alerts"
+    assert not _read_all(bootstrap, topics["dlq"], 0, 3)
