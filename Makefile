@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench-embed bench-decode demo demo-model clean
+.PHONY: install test lint format bench-embed bench-decode bench-e2e demo demo-model clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench-embed: $(STAMP)
 
 bench-decode: $(STAMP)
 	$(BIN)/python benchmarks/decode.py
+
+bench-e2e: $(STAMP)
+	$(BIN)/python benchmarks/e2e.py --memory
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

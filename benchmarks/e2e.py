@@ -24,7 +24,9 @@ lengths run from a few points to 400; three cutouts of 12 kB each. Alerts are pu
 in time order to one partition. Generated once per (N, seed) into ``--cache``.
 
 ``--memory N`` adds a run of N alerts (default 100,000) with the small model, reporting
-the service's peak RSS after 20,000 alerts and at the end.
+the service's peak RSS after 20,000 alerts and at the end (window cache 32 MiB and curve
+memo 16 MiB, so that both are full long before 20,000 alerts; histories of 3 to 60 points,
+to keep generating 100,000 alerts within minutes).
 
     python benchmarks/e2e.py                          # 20,000 alerts, all three models
     python benchmarks/e2e.py --alerts 3000 --models atcat-sized
@@ -34,6 +36,7 @@ the service's peak RSS after 20,000 alerts and at the end.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import multiprocessing
@@ -61,6 +64,7 @@ from streamer.pipeline import Message, Pipeline
 
 CUTOUT_BYTES = (12_000, 12_000, 12_000)
 MAX_POINTS = 400
+MEMORY_MAX_POINTS = 60
 BAND_WEIGHTS = np.array([0.05, 0.2, 0.25, 0.25, 0.15, 0.1])  # u g r i z y
 BATCH = 500
 WINDOW_CACHE = 256 << 20
@@ -70,9 +74,9 @@ BURST_ALERTS, BURST_SECONDS = 10_000, 40.0
 
 
 # ----------------------------------------------------------------------------- stream
-def object_points(object_id: int, rng: np.random.Generator) -> np.ndarray:
+def object_points(object_id: int, rng: np.random.Generator, max_points: int = MAX_POINTS) -> np.ndarray:
     """One object's photometry over a year (POINT_DTYPE, time-ordered)."""
-    n = int(np.exp(rng.uniform(np.log(3), np.log(MAX_POINTS))))
+    n = int(np.exp(rng.uniform(np.log(3), np.log(max_points))))
     nights = np.cumsum(rng.exponential(3.0, n)) + rng.uniform(0, 365 - min(3.0 * n, 300))
     second = rng.random(n) < 0.5  # a second visit 30 minutes later, same night
     time = 61000.0 + np.sort(nights + second * 0.021 + rng.uniform(0, 0.3, n))
@@ -96,9 +100,9 @@ def object_points(object_id: int, rng: np.random.Generator) -> np.ndarray:
     return points
 
 
-def object_alerts(object_id: int) -> list[tuple[float, bytes]]:
+def object_alerts(object_id: int, max_points: int = MAX_POINTS) -> list[tuple[float, bytes]]:
     """(alert time, Rubin-framed bytes) for every detection of one object."""
-    points = object_points(object_id, np.random.default_rng(object_id))
+    points = object_points(object_id, np.random.default_rng(object_id), max_points)
     out = []
     for i in np.flatnonzero(points["kind"] == PointKind.DETECTION):
         history = points[:i]
@@ -115,8 +119,8 @@ def object_alerts(object_id: int) -> list[tuple[float, bytes]]:
     return out
 
 
-def expected_alerts(object_id: int) -> int:
-    points = object_points(object_id, np.random.default_rng(object_id))
+def expected_alerts(object_id: int, max_points: int) -> int:
+    points = object_points(object_id, np.random.default_rng(object_id), max_points)
     return int(np.count_nonzero(points["kind"] == PointKind.DETECTION))
 
 
@@ -137,9 +141,9 @@ class Stream:
                 yield f.read(int(length))
 
 
-def generate(n_alerts: int, cache: Path, seed: int = 1) -> Stream:
+def generate(n_alerts: int, cache: Path, seed: int = 1, max_points: int = MAX_POINTS) -> Stream:
     """The first ``n_alerts`` alerts, in time order, of enough objects (cached on disk)."""
-    base = cache / f"rubin-{n_alerts}-{seed}"
+    base = cache / (f"rubin-{n_alerts}-{seed}" + (f"-max{max_points}" if max_points != MAX_POINTS else ""))
     data, index_path = base.with_suffix(".bin"), base.with_suffix(".npy")
     if data.exists() and index_path.exists():
         return Stream(data, np.load(index_path))
@@ -148,12 +152,13 @@ def generate(n_alerts: int, cache: Path, seed: int = 1) -> Stream:
     while total < n_alerts * 1.02:  # a little more: the latest alerts are cut off
         object_id = seed * 10_000_000 + len(object_ids) + 1
         object_ids.append(object_id)
-        total += expected_alerts(object_id)
+        total += expected_alerts(object_id, max_points)
     rows = []
     tmp = data.with_suffix(".tmp")
     with tmp.open("wb") as f, multiprocessing.Pool(os.cpu_count()) as pool:
         done = 0
-        for alerts in pool.imap_unordered(object_alerts, object_ids, chunksize=8):
+        make = functools.partial(object_alerts, max_points=max_points)
+        for alerts in pool.imap_unordered(make, object_ids, chunksize=8):
             for t, payload in alerts:
                 rows.append((t, f.tell(), len(payload)))
                 f.write(payload)
@@ -277,7 +282,14 @@ def _hwm_kb(pid: int) -> int:
     return int(found.group(1)) if found else 0
 
 
-def run_service(bootstrap: str, topic: str, model: Model, delivery: str, workdir: Path) -> ServiceRun:
+def run_service(
+    bootstrap: str,
+    topic: str,
+    model: Model,
+    delivery: str,
+    workdir: Path,
+    caches: tuple[int, int] = (WINDOW_CACHE, CURVE_MEMO),
+) -> ServiceRun:
     run_id = f"{model.label}-{delivery}-{time.monotonic_ns()}"
     port = kafka_local.free_port()
     kafka_local.create_topics(bootstrap, {f"out-{run_id}": 1, f"dlq-{run_id}": 1})
@@ -295,8 +307,8 @@ def run_service(bootstrap: str, topic: str, model: Model, delivery: str, workdir
         "STREAMER_HISTORY_PATH": str(workdir / f"{run_id}.sqlite"),
         "STREAMER_BATCH_MAX_MESSAGES": str(BATCH),
         "STREAMER_BATCH_MAX_WAIT_S": "0.5",
-        "STREAMER_WINDOW_CACHE_BYTES": str(WINDOW_CACHE),
-        "STREAMER_CURVE_MEMO_BYTES": str(CURVE_MEMO),
+        "STREAMER_WINDOW_CACHE_BYTES": str(caches[0]),
+        "STREAMER_CURVE_MEMO_BYTES": str(caches[1]),
         "STREAMER_EXIT_WHEN_CAUGHT_UP": "true",
         "STREAMER_METRICS_PORT": str(port),
         "STREAMER_LOG_FORMAT": "json",
@@ -418,13 +430,20 @@ def main() -> int:
 
 
 def memory_run(bootstrap: str, n_alerts: int, cache: Path, workdir: Path) -> None:
-    stream = generate(n_alerts, cache)
+    # Shorter histories (3 to 60 points an object) than the throughput stream: generating
+    # 100,000 alerts with fastavro otherwise takes hours on two cores. More objects, so the
+    # history store grows as much.
+    stream = generate(n_alerts, cache, max_points=MEMORY_MAX_POINTS)
     print(f"\n== memory: {describe(stream)}")
     topic = f"alerts-{n_alerts}-{time.monotonic_ns()}"
     kafka_local.create_topics(bootstrap, {topic: 1}, config={"max.message.bytes": "4194304"})
     publish(bootstrap, topic, stream)
     (model,) = build_models(["small"], workdir)
-    run = run_service(bootstrap, topic, model, "exactly-once", workdir)
+    # Caches small enough to be full well before 20,000 alerts: a growing RSS after that
+    # would be a leak, not a cache filling up to its bound.
+    caches = (WINDOW_CACHE // 8, CURVE_MEMO // 4)
+    print(f"window cache {caches[0] >> 20} MiB, curve memo {caches[1] >> 20} MiB, SQLite history on disk")
+    run = run_service(bootstrap, topic, model, "exactly-once", workdir, caches)
     early, late = run.peak_rss_mb_at(20_000), run.peak_rss_mb_at(n_alerts)
     print(
         f"peak RSS {early:.0f} MB after 20,000 alerts, {late:.0f} MB after {run.summary['alerts']:,}: "

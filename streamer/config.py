@@ -65,6 +65,7 @@ class Config:
     use_fp16: bool = False
     onnx_providers: list[str] = field(default_factory=list)
     history_path: str | None = None
+    history_changelog_topic: str | None = None
     max_points_per_object: int = 10_000
     framing: str = "auto"
     schemaless_schema: str = "elasticc.v0_9"
@@ -160,6 +161,16 @@ class Config:
             raise ConfigError(f"STREAMER_BATCH_MAX_WAIT_S: must be positive, got {self.batch_max_wait_s}")
         if self.onnx_batch_size is not None and self.onnx_batch_size < 1:
             raise ConfigError(f"STREAMER_ONNX_BATCH_SIZE: must be at least 1, got {self.onnx_batch_size}")
+        if self.onnx_providers:
+            import onnxruntime
+
+            available = onnxruntime.get_available_providers()
+            missing = [name for name in self.onnx_providers if name not in available]
+            if missing:
+                raise ConfigError(
+                    f"STREAMER_ONNX_PROVIDERS: {', '.join(missing)} not in this onnxruntime build "
+                    f"(available: {', '.join(available)}; CUDA needs the onnxruntime-gpu package)"
+                )
         if not 0 < self.metrics_port < 65536:
             raise ConfigError(f"STREAMER_METRICS_PORT: not a TCP port: {self.metrics_port}")
         if self.framing not in tuple(Framing):
@@ -174,9 +185,28 @@ class Config:
             )
         if self.start_from == "time" and self.start_time_ms is None:
             raise ConfigError("STREAMER_START_TIME_MS: required with STREAMER_START_FROM=time")
+        if self.history_changelog_topic is not None:
+            self._validate_changelog()
         for key in ("group.id", "transactional.id", "enable.auto.commit", "isolation.level"):
             if key in self.kafka:
                 raise ConfigError(f"STREAMER_KAFKA_{key.upper().replace('.', '_')}: set by streamer itself")
+
+    def _validate_changelog(self) -> None:
+        topic = self.history_changelog_topic
+        if self.input_pattern or len(self.input_topics) != 1:
+            raise ConfigError(
+                "STREAMER_HISTORY_CHANGELOG_TOPIC: needs exactly one input topic (STREAMER_INPUT_TOPICS): "
+                "the changelog's partitions are the input topic's"
+            )
+        if topic in (*self.input_topics, self.output_topic, self.dead_letter_topic):
+            raise ConfigError(
+                f"STREAMER_HISTORY_CHANGELOG_TOPIC: {topic!r} is also the input, output or dead-letter topic"
+            )
+        if self.history_path is not None and Path(self.history_path).is_file():
+            raise ConfigError(
+                f"STREAMER_HISTORY_PATH: {self.history_path!r} is a file; with "
+                "STREAMER_HISTORY_CHANGELOG_TOPIC it is a directory of one SQLite file per partition"
+            )
 
 
 def masked(kafka: Mapping[str, str]) -> dict[str, str]:

@@ -63,6 +63,15 @@ class ServiceMetrics:
         self.history_objects = Gauge("streamer_history_objects", "Objects in the history store", registry=r)
         self.history_points = Gauge("streamer_history_points", "Points in the history store", registry=r)
         self.history_bytes = Gauge("streamer_history_bytes", "Size of the history store", registry=r)
+        self.history_restore_seconds = Histogram(
+            "streamer_history_restore_seconds",
+            "Time to restore the history of newly assigned partitions from the changelog",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.history_restored_records = Counter(
+            "streamer_history_restored_records", "History changelog records read by restores", registry=r
+        )
         self.model_info = Gauge(
             "streamer_model_info", "The model in use", ["model", "sha256", "output", "reduction"], registry=r
         )

@@ -77,7 +77,9 @@ class Pipeline:
     Parameters
     ----------
     decoder : AlertDecoder
-    history : HistoryStore
+    history : HistoryStore or None
+        The store alerts are merged into; ``None`` when each :meth:`prepare` call names
+        its own (one store per input partition).
     embedder : LightCurveEmbedder
     coalesce : bool
         Emit one record per object per batch, for its newest alert, instead of one per
@@ -89,7 +91,7 @@ class Pipeline:
     def __init__(
         self,
         decoder: AlertDecoder,
-        history: HistoryStore,
+        history: HistoryStore | None,
         embedder: LightCurveEmbedder,
         *,
         coalesce: bool = False,
@@ -106,13 +108,21 @@ class Pipeline:
         return decode_messages(self.decoder, messages)
 
     def prepare(
-        self, messages: Sequence[Message], clock: Callable[[], float] = time.perf_counter
+        self,
+        messages: Sequence[Message],
+        clock: Callable[[], float] = time.perf_counter,
+        *,
+        history: HistoryStore | None = None,
     ) -> PreparedBatch:
         """Decode, merge into the history (committed before returning), read as-of curves.
 
         This is everything but the model; the service runs it for the next batch while
-        the model computes the current one.
+        the model computes the current one. ``history`` replaces the pipeline's store for
+        this call (the service's store of the messages' partition).
         """
+        history = history if history is not None else self.history
+        if history is None:
+            raise ValueError("Pipeline.prepare: no history store (give one to the pipeline or the call)")
         outcome = BatchOutcome()
         t0 = clock()
         alerts, origins, outcome.rejections = self.decode(messages)
@@ -122,11 +132,11 @@ class Pipeline:
         outcome.decoded_by_survey.update(a.survey for a in alerts)
         if not alerts:
             return PreparedBatch(outcome, [], [], [])
-        merged = self.history.merge(alerts)
+        merged = history.merge(alerts)
         outcome.changed_objects = len(merged.changed_objects)
         if self.coalesce:
             alerts, origins, outcome.coalesced = newest_per_object(alerts, origins)
-        curves = self.history.light_curves([(a.object_id, a.alert_time) for a in alerts])
+        curves = history.light_curves([(a.object_id, a.alert_time) for a in alerts])
         outcome.stage_seconds["history"] = clock() - t1
         return PreparedBatch(outcome, alerts, origins, curves)
 
@@ -149,6 +159,27 @@ class Pipeline:
     ) -> BatchOutcome:
         """Run one micro-batch: :meth:`prepare`, then :meth:`embed`."""
         return self.embed(self.prepare(messages, clock), clock)
+
+
+def combine_prepared(parts: Sequence[PreparedBatch]) -> PreparedBatch:
+    """One prepared batch of several (e.g. one per input partition), for one model call."""
+    outcome = BatchOutcome()
+    for part in parts:
+        o = part.outcome
+        outcome.records.extend(o.records)
+        outcome.rejections.extend(o.rejections)
+        outcome.alerts += o.alerts
+        outcome.changed_objects += o.changed_objects
+        outcome.decoded_by_survey.update(o.decoded_by_survey)
+        outcome.coalesced += o.coalesced
+        for stage, seconds in o.stage_seconds.items():
+            outcome.stage_seconds[stage] = outcome.stage_seconds.get(stage, 0.0) + seconds
+    return PreparedBatch(
+        outcome,
+        [a for part in parts for a in part.alerts],
+        [m for part in parts for m in part.origins],
+        [c for part in parts for c in part.curves],
+    )
 
 
 def newest_per_object(

@@ -27,8 +27,6 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -41,8 +39,9 @@ from streamer.config import Config, ConfigError
 from streamer.metrics import Health, ServiceMetrics, serve_http
 from streamer.photometry import DecodedAlert
 from streamer.pipeline import Message, decode_messages
-from streamer.service import BROKER_PROBE_INTERVAL_S, FatalKafkaError, configure_logging
+from streamer.service import FatalKafkaError, configure_logging
 from streamer.sinks.kafka import KafkaRecordSink, PhotometryEncoder
+from streamer.sources.kafka import ConsumerLoop, next_offsets
 
 log = logging.getLogger("streamer.repartition")
 
@@ -71,7 +70,7 @@ def check_config(config: Config) -> None:
         )
 
 
-class Repartitioner:
+class Repartitioner(ConsumerLoop):
     """The repartitioning consumer loop. ``run()`` returns the exit status.
 
     Parameters
@@ -130,13 +129,7 @@ class Repartitioner:
         self._delivery_error = err
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        c = self.config
-        if c.start_from in ("beginning", "end"):
-            for p in partitions:
-                p.offset = OFFSET_BEGINNING if c.start_from == "beginning" else OFFSET_END
-        elif c.start_from == "time":
-            query = [TopicPartition(p.topic, p.partition, c.start_time_ms or 0) for p in partitions]
-            partitions = consumer.offsets_for_times(query, timeout=10)
+        partitions = self._start_positions(consumer, partitions)
         consumer.assign(partitions)
         self._assigned = list(partitions)
         self.health.assigned = bool(partitions)
@@ -229,12 +222,6 @@ class Repartitioner:
                 log.warning("consume: %s", err.str())
         return batch
 
-    def _caught_up(self) -> bool:
-        c = self.config
-        if not (c.exit_when_caught_up or c.until_time_ms is not None) or not self._assigned:
-            return False
-        return all((p.topic, p.partition) in self._done_partitions for p in self._assigned)
-
     def _process(
         self,
         batch: list[Any],
@@ -264,7 +251,7 @@ class Repartitioner:
             self._delivery_error = None
             sink.write(alerts, dead)
             t2 = time.perf_counter()
-            offsets = _next_offsets(batch)
+            offsets = next_offsets(batch)
             if self._exactly_once:
                 producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
                 producer.commit_transaction(60)
@@ -296,32 +283,6 @@ class Repartitioner:
         s["rejected"] += len(rejections)
         s["batches"] += 1
 
-    def _probe_broker(self, consumer: Consumer) -> None:
-        now = time.monotonic()
-        if now - self._last_probe < BROKER_PROBE_INTERVAL_S and self.health.broker_reachable:
-            return
-        self._last_probe = now
-        try:
-            consumer.list_topics(timeout=2)
-            self.health.broker_reachable = True
-        except KafkaException:
-            self.health.broker_reachable = False
-
-    def _update_lag(self, consumer: Consumer) -> None:
-        lags = []
-        try:
-            positions = consumer.position(self._assigned) if self._assigned else []
-        except KafkaException:
-            return
-        for p in positions:
-            try:
-                _, high = consumer.get_watermark_offsets(p, cached=True)
-            except KafkaException:
-                continue
-            if high >= 0 and p.offset >= 0:
-                lags.append((p.topic, p.partition, max(high - p.offset, 0)))
-        self.metrics.set_lag(lags)
-
     def _shutdown(self, consumer: Consumer, producer: Producer) -> None:
         try:
             consumer.close()
@@ -337,15 +298,6 @@ class Repartitioner:
             s["alerts"],
             s["rejected"],
         )
-
-
-def _next_offsets(batch: list[Any]) -> list[TopicPartition]:
-    """The offsets to commit after ``batch``: one past its last message, per partition."""
-    last: dict[tuple[str, int], int] = {}
-    for msg in batch:
-        key = (msg.topic(), msg.partition())
-        last[key] = max(last.get(key, -1), msg.offset())
-    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
 def run_repartition(config: Config) -> int:

@@ -14,6 +14,13 @@ object's light curve *as of its alert* (points observed and known at or before i
 a second merge of the same alerts does not change. So under ``read_committed`` every input
 alert yields exactly one record. A transaction never spans a ``consume`` call, so a
 rebalance (which happens inside ``consume``) never finds one open.
+
+With a history changelog topic (``STREAMER_HISTORY_CHANGELOG_TOPIC``), each input partition
+has its own history store (:class:`~streamer.history.PartitionedHistory`): a batch is
+merged per partition, the whole stored history of every object it touched goes to the
+changelog partition of the same number in the batch's transaction, and a newly assigned
+partition's store is restored from the changelog in the assignment callback, before any
+of its messages is processed. So replicas in one group give the records of one.
 """
 
 from __future__ import annotations
@@ -26,14 +33,12 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from confluent_kafka import (
-    OFFSET_BEGINNING,
-    OFFSET_END,
     Consumer,
     KafkaError,
     KafkaException,
@@ -42,20 +47,41 @@ from confluent_kafka import (
 )
 
 from streamer.alerts import AlertDecoder
-from streamer.config import Config, masked
+from streamer.config import Config, ConfigError, masked
 from streamer.embedder import LightCurveEmbedder, load_model
-from streamer.history import HistoryStore, MemoryHistoryStore, SQLiteHistoryStore
+from streamer.history import (
+    ChangelogError,
+    HistoryStore,
+    MemoryHistoryStore,
+    PartitionedHistory,
+    SQLiteHistoryStore,
+)
+from streamer.history import changelog as history_changelog
+from streamer.history.changelog import HistoryUpdate
 from streamer.metrics import Health, ServiceMetrics, serve_http
-from streamer.pipeline import BatchOutcome, Message, Pipeline
+from streamer.pipeline import BatchOutcome, Message, Pipeline, PreparedBatch, combine_prepared
 from streamer.sinks.kafka import KafkaRecordSink, RecordEncoder
+from streamer.sources.kafka import ConsumerLoop, next_offsets
 
 log = logging.getLogger("streamer")
 
 #: Timeout of one blocking Kafka call (commit, abort, flush); a call that times out is
 #: retried, so this is how soon ``/readyz`` notices an outage mid-commit (seconds).
 KAFKA_CALL_S = 5.0
-#: How often the idle loop checks that the broker answers (seconds).
-BROKER_PROBE_INTERVAL_S = 5.0
+#: How long a restore waits for a changelog partition to reach the committed input offset
+#: (the markers of a transaction committed by the partition's previous owner can trail
+#: its offsets) before it goes on with a warning (seconds).
+CHANGELOG_SETTLE_S = 10.0
+
+
+def onnx_session_kwargs(config: Config) -> dict[str, Any] | None:
+    """``InferenceSession`` arguments: the configured execution providers.
+
+    onnxruntime's intra-op threads keep spinning between operators (its default): turning
+    that off left the CPU to the decoding thread but slowed the ATCAT-sized model itself by
+    more than it gained (``benchmarks/e2e.py``: 0.83 of the ceiling instead of 0.98).
+    """
+    return {"providers": config.onnx_providers} if config.onnx_providers else None
 
 
 class _JsonFormatter(logging.Formatter):
@@ -90,6 +116,8 @@ class _InFlight:
     batch: list[Any]
     outcome: Future[BatchOutcome]
     pipeline: Pipeline
+    #: What the batch writes to the history changelog, per input partition.
+    history_updates: list[HistoryUpdate] = field(default_factory=list)
 
 
 #: Errors of a broker that is away or moving, after which a batch is consumed again.
@@ -129,7 +157,7 @@ class FatalKafkaError(RuntimeError):
     """An error the service cannot recover from (authentication, fencing, bad topic)."""
 
 
-class Service:
+class Service(ConsumerLoop):
     """The consumer loop. ``run()`` returns the exit status.
 
     Parameters
@@ -158,6 +186,10 @@ class Service:
         self._in_flight: _InFlight | None = None
         self._kafka: tuple[Consumer, Producer, KafkaRecordSink]
         self._model_counts = (0, 0, 0, 0)
+        #: One history store per assigned partition (with a changelog topic), else None.
+        self._partitioned: PartitionedHistory | None = None
+        #: Last changelog offset delivered per partition in the open transaction.
+        self._changelog_delivered: dict[int, int] = {}
         self._first_batch_at: float | None = None
         self._last_commit_at: float | None = None
         # The model runs here, overlapping the main thread's Kafka I/O, decoding and
@@ -197,7 +229,9 @@ class Service:
                 if not exc.args[0].retriable() or time.monotonic() > deadline:
                     raise
 
-    def _build(self) -> tuple[Consumer, Producer, Pipeline, KafkaRecordSink, HistoryStore]:
+    def _build(
+        self,
+    ) -> tuple[Consumer, Producer, Pipeline, KafkaRecordSink, HistoryStore | PartitionedHistory]:
         c = self.config
         model = load_model(
             c.model,
@@ -208,7 +242,7 @@ class Service:
             batch_size=c.onnx_batch_size,
             cache_bytes=c.window_cache_bytes,
             use_fp16=c.use_fp16,
-            ort_session_kwargs={"providers": c.onnx_providers} if c.onnx_providers else None,
+            ort_session_kwargs=onnx_session_kwargs(c),
         )
         name = c.model if c.model_file is None else f"{c.model}:{c.model_file.rsplit('/', 1)[-1]}"
         embedder = LightCurveEmbedder(model, name, memo_bytes=c.curve_memo_bytes)
@@ -216,11 +250,18 @@ class Service:
             model=name, sha256=model.model_sha256 or "", output=model.output, reduction=embedder.reduction
         ).set(1)
         self.health.model_loaded = True
-        history: HistoryStore = (
-            SQLiteHistoryStore(c.history_path, max_points_per_object=c.max_points_per_object)
-            if c.history_path
-            else MemoryHistoryStore(max_points_per_object=c.max_points_per_object)
-        )
+        history: HistoryStore | PartitionedHistory
+        if c.history_changelog_topic:
+            history = self._partitioned = PartitionedHistory(
+                c.input_topics[0],
+                c.history_changelog_topic,
+                c.history_path,
+                max_points_per_object=c.max_points_per_object,
+            )
+        elif c.history_path:
+            history = SQLiteHistoryStore(c.history_path, max_points_per_object=c.max_points_per_object)
+        else:
+            history = MemoryHistoryStore(max_points_per_object=c.max_points_per_object)
         decoder = AlertDecoder(
             c.framing,
             schemaless_schema=c.schemaless_schema,
@@ -253,7 +294,8 @@ class Service:
             self._on_delivery_error,
             dead_letter_max_bytes=c.dead_letter_max_bytes,
         )
-        pipeline = Pipeline(decoder, history, embedder, coalesce=c.coalesce)
+        store = history if isinstance(history, HistoryStore) else None
+        pipeline = Pipeline(decoder, store, embedder, coalesce=c.coalesce)
         return consumer, producer, pipeline, sink, history
 
     def _new_producer(self) -> Producer:
@@ -289,26 +331,82 @@ class Service:
 
     # ----------------------------------------------------------- rebalance
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        c = self.config
-        if c.start_from == "beginning":
-            for p in partitions:
-                p.offset = OFFSET_BEGINNING
-        elif c.start_from == "end":
-            for p in partitions:
-                p.offset = OFFSET_END
-        elif c.start_from == "time":
-            query = [TopicPartition(p.topic, p.partition, c.start_time_ms or 0) for p in partitions]
-            partitions = consumer.offsets_for_times(query, timeout=10)
+        partitions = self._start_positions(consumer, partitions)
         consumer.assign(partitions)
+        if self._partitioned is not None and partitions:
+            # Before any message of these partitions is processed: the callback runs
+            # inside consume(), which returns their messages only after it.
+            self._restore_history(consumer, partitions)
         self._assigned = list(partitions)
         self.health.assigned = bool(partitions)
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing")
+
+    def _restore_history(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Bring the stores of newly assigned partitions up to date from the changelog."""
+        assert self._partitioned is not None
+        c = self.config
+        committed = self._committed_offsets(consumer, partitions)
+        reader = Consumer(
+            {
+                **self._kafka_common(),
+                "group.id": f"{c.group_id}-history-restore",  # never joined, nothing committed
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                # A bulk read: fetches that find nothing should answer at once.
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        try:
+            stats = self._partitioned.assign(
+                [p.partition for p in partitions],
+                reader,
+                committed,
+                timeout_s=c.broker_outage_s,
+                settle_s=CHANGELOG_SETTLE_S,
+            )
+        except ChangelogError as exc:
+            raise FatalKafkaError(f"history changelog: {exc}") from exc
+        finally:
+            reader.close()
+        for s in stats.values():
+            self.metrics.history_restored_records.inc(s.records)
+            log.info(
+                "restored the history of %s[%d]: %d changelog records, %d objects, %.2f s",
+                c.input_topics[0],
+                s.partition,
+                s.records,
+                s.objects,
+                s.seconds,
+            )
+        if stats:
+            self.metrics.history_restore_seconds.observe(max(s.seconds for s in stats.values()))
+
+    def _committed_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[int, int]:
+        """The group's committed offsets, once stable: while a transaction of the partitions'
+        previous owner is open (a replica killed mid-batch), the broker withholds them until
+        it is committed or aborted (``transaction.timeout.ms``)."""
+        query = [TopicPartition(p.topic, p.partition) for p in partitions]
+        deadline = time.monotonic() + self.config.broker_outage_s
+        while True:
+            try:
+                return {tp.partition: tp.offset for tp in consumer.committed(query, timeout=KAFKA_CALL_S)}
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                transient = err is not None and (err.code() == KafkaError._TIMED_OUT or _transient(err))
+                if not transient or self._fatal or time.monotonic() > deadline:
+                    raise
+                self.health.beat()
+                log.info("waiting for stable committed offsets (an open transaction of their last owner)")
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # No transaction is open during consume(); the batch whose model run is in
         # flight is written and committed before its partitions go.
         self._finish_quietly()
         consumer.unassign()
+        if self._partitioned is not None:
+            self._partitioned.revoke(p.partition for p in partitions)
         self._assigned = []
         self.health.assigned = False
         log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
@@ -335,6 +433,8 @@ class Service:
         try:
             if self._exactly_once:
                 self._init_transactions(producer)
+            if self._partitioned is not None:
+                self._check_changelog_topic(consumer)
             topics = (
                 [f"^{c.input_pattern}" if not c.input_pattern.startswith("^") else c.input_pattern]
                 if c.input_pattern
@@ -371,6 +471,10 @@ class Service:
                         break
             self._finish_quietly()
             return 0
+        except ConfigError as exc:
+            log.error("configuration error: %s", exc)
+            print(f"streamer: configuration error: {exc}", file=sys.stderr)
+            return 2
         except (FatalKafkaError, KafkaException) as exc:
             log.error("fatal: %s", exc)
             print(f"streamer: fatal: {exc}", file=sys.stderr)
@@ -383,9 +487,13 @@ class Service:
         c = self.config
         raw = consumer.consume(num_messages=c.batch_max_messages, timeout=c.batch_max_wait_s)
         batch = []
+        stores = set(self._partitioned.partitions) if self._partitioned is not None else None
         for m in raw:
             err = m.error()
-            if err is None:
+            if err is None and stores is not None and m.partition() not in stores:
+                # Not ours (any more): its history is elsewhere, and so is its commit.
+                log.warning("skipping a message of unassigned %s[%s]", m.topic(), m.partition())
+            elif err is None:
                 if c.until_time_ms is not None and m.timestamp()[1] > c.until_time_ms:
                     self._stop_partition(consumer, str(m.topic()), int(m.partition() or 0))
                     continue
@@ -406,12 +514,6 @@ class Service:
         self._done_partitions.add((topic, partition))
         consumer.pause([TopicPartition(topic, partition)])
 
-    def _caught_up(self) -> bool:
-        c = self.config
-        if not (c.exit_when_caught_up or c.until_time_ms is not None) or not self._assigned:
-            return False
-        return all((p.topic, p.partition) in self._done_partitions for p in self._assigned)
-
     def _start(self, batch: list[Any], pipeline: Pipeline) -> _InFlight:
         """Decode and merge a batch here, and hand its model run to the worker thread."""
         m = self.metrics
@@ -422,13 +524,41 @@ class Service:
         m.batch_messages.observe(len(batch))
         if self._first_batch_at is None:
             self._first_batch_at = time.perf_counter()
-        prepared = pipeline.prepare(messages)
+        updates: list[HistoryUpdate] = []
+        if self._partitioned is None:
+            prepared = pipeline.prepare(messages)
+        else:
+            prepared, updates = self._prepare_by_partition(pipeline, batch, messages)
         if self._worker is None:
             outcome: Future[BatchOutcome] = Future()
             outcome.set_result(pipeline.embed(prepared))
         else:
             outcome = self._worker.submit(pipeline.embed, prepared)
-        return _InFlight(batch, outcome, pipeline)
+        return _InFlight(batch, outcome, pipeline, updates)
+
+    def _prepare_by_partition(
+        self, pipeline: Pipeline, batch: list[Any], messages: list[Message]
+    ) -> tuple[PreparedBatch, list[HistoryUpdate]]:
+        """:meth:`Pipeline.prepare` per input partition, each with its partition's store, and
+        the changelog records of each: the stored rows of every object its alerts touched."""
+        assert self._partitioned is not None
+        groups: dict[int, list[Message]] = {}
+        ends: dict[int, int] = {}
+        for msg, message in zip(batch, messages, strict=True):
+            p = int(msg.partition())
+            groups.setdefault(p, []).append(message)
+            ends[p] = max(ends.get(p, 0), int(msg.offset()) + 1)
+        parts, updates = [], []
+        for p, group in groups.items():
+            store = self._partitioned.store(p)
+            part = pipeline.prepare(group, history=store)
+            t0 = time.perf_counter()
+            rows = store.export_objects(a.object_id for a in part.alerts)
+            curves = [(oid, history_changelog.encode_curve(oid, points)) for oid, points in rows.items()]
+            part.outcome.stage_seconds["changelog"] = time.perf_counter() - t0
+            parts.append(part)
+            updates.append(HistoryUpdate(p, curves, ends[p]))
+        return combine_prepared(parts), updates
 
     def _finish_in_flight(self) -> None:
         """Write the in-flight batch's records and commit its offsets (one transaction)."""
@@ -451,8 +581,9 @@ class Service:
                     r = type(r)(r.reason, r.detail, r.source, msg.value() or b"")
                 rejections.append((r, msg))
             sink.write(outcome.records, rejections)
+            self._write_changelog(sink, flight.history_updates)
             t1 = time.perf_counter()
-            offsets = self._next_offsets(flight.batch)
+            offsets = next_offsets(flight.batch)
             if self._exactly_once:
                 # One try each: after a failed call the transaction is aborted and the
                 # batch consumed again (retrying a failed send_offsets_to_transaction can
@@ -487,10 +618,52 @@ class Service:
                 self._abort(producer)
             raise
         t2 = time.perf_counter()
+        self._changelog_committed(producer, flight.history_updates)
         self._last_commit_at = t2
         self.health.broker_reachable = True
         seconds = dict(outcome.stage_seconds, wait=t0 - t_wait, produce=t1 - t0, commit=t2 - t1)
         self._account(flight, outcome, seconds)
+
+    def _write_changelog(self, sink: KafkaRecordSink, updates: list[HistoryUpdate]) -> None:
+        """Queue a batch's history changelog records (in its transaction, if exactly-once)."""
+        topic = self.config.history_changelog_topic
+        self._changelog_delivered = {}
+        curve_headers = [("content-type", history_changelog.CONTENT_TYPE.encode())]
+        position_headers = [("content-type", history_changelog.POSITION_CONTENT_TYPE.encode())]
+        for update in updates:
+            p = update.partition
+
+            def delivered(msg: Any, p: int = p) -> None:
+                self._changelog_delivered[p] = max(self._changelog_delivered.get(p, -1), int(msg.offset()))
+
+            for object_id, value in update.curves:
+                sink.produce(
+                    topic=topic,
+                    partition=p,
+                    key=object_id.encode(),
+                    value=value,
+                    headers=curve_headers,
+                    on_delivered=delivered,
+                )
+            position = history_changelog.encode_position(self.config.input_topics[0], p, update.next_offset)
+            sink.produce(
+                topic=topic,
+                partition=p,
+                key=history_changelog.POSITION_KEY,
+                value=position,
+                headers=position_headers,
+                on_delivered=delivered,
+            )
+
+    def _changelog_committed(self, producer: Producer, updates: list[HistoryUpdate]) -> None:
+        """After a commit: the stores reflect their changelog up to what this batch wrote."""
+        if self._partitioned is None or not updates:
+            return
+        producer.poll(0)  # serve the delivery reports still queued
+        for update in updates:
+            last = self._changelog_delivered.get(update.partition)
+            after = None if last is None else last + 1
+            self._partitioned.committed(update.partition, after, update.next_offset)
 
     def _finish_quietly(self) -> None:
         """Finish the in-flight batch when no more follow (stop, revoke); if Kafka is away,
@@ -532,7 +705,8 @@ class Service:
         if runs > last[1]:
             m.onnx_batch.observe((computed - last[0]) / (runs - last[1]))
         self._model_counts = (computed, runs, hits, embedder.memo.hits)
-        history = flight.pipeline.history
+        history = self._partitioned or flight.pipeline.history
+        assert history is not None
         m.history_objects.set(history.object_count())
         m.history_points.set(history.point_count())
         m.history_bytes.set(history.size_bytes())
@@ -544,14 +718,6 @@ class Service:
         s["rejected"] += len(outcome.rejections)
         s["coalesced"] += outcome.coalesced
         s["batches"] += 1
-
-    @staticmethod
-    def _next_offsets(batch: list[Any]) -> list[TopicPartition]:
-        last: dict[tuple[str, int], int] = {}
-        for msg in batch:
-            key = (msg.topic(), msg.partition())
-            last[key] = max(last.get(key, -1), msg.offset())
-        return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
     def _retrying(self, call: Callable[[], object]) -> None:
         """Call; while it fails with a retriable Kafka error (the broker is away), call again.
@@ -611,33 +777,51 @@ class Service:
         except KafkaException as exc:
             log.warning("aborting the transaction: %s", exc)
 
-    def _probe_broker(self, consumer: Consumer) -> None:
-        now = time.monotonic()
-        if now - self._last_probe < BROKER_PROBE_INTERVAL_S and self.health.broker_reachable:
-            return
-        self._last_probe = now
+    def _check_changelog_topic(self, consumer: Consumer) -> None:
+        """The changelog topic exists with as many partitions as the input topic (else
+        :class:`ConfigError`); warn when it is not compacted."""
+        c = self.config
+        source, target = c.input_topics[0], str(c.history_changelog_topic)
+        counts = {}
+        for topic in (source, target):
+            found = consumer.list_topics(topic=topic, timeout=30).topics.get(topic)
+            if found is not None and found.error is None:
+                counts[topic] = len(found.partitions)
+        setting = "STREAMER_HISTORY_CHANGELOG_TOPIC"
+        if target not in counts:
+            want = f"{counts[source]} partitions" if source in counts else "as many partitions as the input"
+            raise ConfigError(
+                f"{setting}: topic {target!r} does not exist; create it with cleanup.policy=compact "
+                f"and {want} (those of {source!r})"
+            )
+        if source in counts and counts[source] != counts[target]:
+            raise ConfigError(
+                f"{setting}: {target!r} has {counts[target]} partitions but the input topic {source!r} "
+                f"has {counts[source]}; they must be equal (input partition i's history is changelog "
+                "partition i)"
+            )
         try:
-            consumer.list_topics(timeout=2)
-            self.health.broker_reachable = True
-        except KafkaException:
-            self.health.broker_reachable = False
+            from confluent_kafka.admin import AdminClient, ConfigResource
 
-    def _update_lag(self, consumer: Consumer) -> None:
-        lags = []
-        try:
-            positions = consumer.position(self._assigned) if self._assigned else []
-        except KafkaException:
+            admin = AdminClient({k: v for k, v in self._kafka_common().items() if k != "error_cb"})
+            resource = ConfigResource(ConfigResource.Type.TOPIC, target)
+            entries = admin.describe_configs([resource])[resource].result(10)
+            policy = entries["cleanup.policy"].value if "cleanup.policy" in entries else ""
+        except Exception as exc:  # a check only: without DescribeConfigs rights, go on
+            log.debug("cannot read the configuration of %s: %s", target, exc)
             return
-        for p in positions:
-            try:
-                _, high = consumer.get_watermark_offsets(p, cached=True)
-            except KafkaException:
-                continue
-            if high >= 0 and p.offset >= 0:
-                lags.append((p.topic, p.partition, max(high - p.offset, 0)))
-        self.metrics.set_lag(lags)
+        if "compact" not in policy:
+            log.warning(
+                "%s: %r has cleanup.policy=%s; use compact, or old histories are deleted with "
+                "their segments and cannot be restored",
+                setting,
+                target,
+                policy,
+            )
 
-    def _shutdown(self, consumer: Consumer, producer: Producer, history: HistoryStore) -> None:
+    def _shutdown(
+        self, consumer: Consumer, producer: Producer, history: HistoryStore | PartitionedHistory
+    ) -> None:
         try:
             consumer.close()
         except (KafkaException, RuntimeError) as exc:

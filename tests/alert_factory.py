@@ -28,11 +28,17 @@ def make_alerts(
     base_points: int = 40,
     cutout_bytes: int = 2000,
     first_object_id: int = 1000,
+    history_window: int | None = None,
 ) -> list[GeneratedAlert]:
     """Alerts at every ``every``-th detection of multi-night, multi-band light curves.
 
     Objects are numbered from ``first_object_id``, and object *n*'s source ids count up
     from 10,000 * (*n* - 999): calls with distinct object ranges share no alert or point.
+
+    With ``history_window``, an alert carries only its last ``history_window`` points (the
+    trigger included), as real alerts carry a window of the past: its ``curve`` (the whole
+    light curve up to the trigger) is then what it embeds only when the object's earlier
+    alerts are in the history (``every=1`` and a window of 3 or more carry every point).
     """
     out = []
     for k in range(n_objects):
@@ -46,8 +52,9 @@ def make_alerts(
         detections = np.flatnonzero(curve["kind"] == 0)
         for i in detections[::every]:
             alert_id = int(curve["source_id"][i])
+            first = 0 if history_window is None else max(0, i + 1 - history_window)
             record = synthetic.make_lsst_alert_from_light_curve(
-                curve[: i + 1], object_id=object_id, alert_id=alert_id, cutout_bytes=cutout_bytes
+                curve[first : i + 1], object_id=object_id, alert_id=alert_id, cutout_bytes=cutout_bytes
             )
             data = synthetic.encode_confluent(record)
             out.append(

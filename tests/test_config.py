@@ -80,6 +80,11 @@ def test_kafka_properties_pass_through_and_secrets_come_from_files(tmp_path) -> 
         ),
         ({**BASE, "STREAMER_KAFKA_GROUP_ID": "x"}, "STREAMER_KAFKA_GROUP_ID: set by streamer itself"),
         (
+            {**BASE, "STREAMER_ONNX_PROVIDERS": "CUDAExecutionProvider,CPUExecutionProvider"},
+            "STREAMER_ONNX_PROVIDERS: CUDAExecutionProvider not in this onnxruntime build",
+        ),
+        ({**BASE, "STREAMER_CURVE_MEMO_BYTES": "-5"}, "STREAMER_CURVE_MEMO_BYTES: must not be negative"),
+        (
             {**BASE, "STREAMER_KAFKA_SASL_PASSWORD_FILE": "/nonexistent"},
             "STREAMER_KAFKA_SASL_PASSWORD_FILE: cannot read",
         ),
@@ -95,3 +100,49 @@ def test_unknown_setting_in_file_is_named(tmp_path) -> None:
     file.write_text("bootstrap_servers: b:1\ninput_topics: [a]\nbatch_size: 3\n")
     with pytest.raises(ConfigError, match="batch_size: unknown setting"):
         Config.load({}, file=file)
+
+
+def test_onnx_providers_and_batch_size_reach_the_model_session(atcat_file) -> None:
+    """The GPU path's settings: the providers (CPU here) and the ONNX batch size in windows."""
+    from streamer.service import Service
+
+    config = Config.load(
+        {
+            **BASE,
+            "STREAMER_MODEL_FILE": str(atcat_file),
+            "STREAMER_ONNX_PROVIDERS": "CPUExecutionProvider",
+            "STREAMER_ONNX_BATCH_SIZE": "256",
+        }
+    )
+    consumer, _, pipeline, _, history = Service(config)._build()
+    consumer.close()
+    history.close()
+    model = pipeline.embedder.model
+    assert model.session.get_providers() == ["CPUExecutionProvider"]
+    assert model.batch_size == 256
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({**BASE}, "needs exactly one input topic"),
+        (
+            {**BASE, "STREAMER_INPUT_TOPICS": "", "STREAMER_INPUT_PATTERN": "a.*"},
+            "needs exactly one input topic",
+        ),
+        ({**BASE, "STREAMER_INPUT_TOPICS": "history"}, "'history' is also the input, output or dead-letter"),
+    ],
+)
+def test_history_changelog_needs_one_input_topic_and_a_topic_of_its_own(env, message) -> None:
+    with pytest.raises(ConfigError, match=f"STREAMER_HISTORY_CHANGELOG_TOPIC: {message}"):
+        Config.load({**env, "STREAMER_HISTORY_CHANGELOG_TOPIC": "history"})
+
+
+def test_history_changelog_keeps_one_store_file_per_partition_in_a_directory(tmp_path) -> None:
+    env = {**BASE, "STREAMER_INPUT_TOPICS": "alerts", "STREAMER_HISTORY_CHANGELOG_TOPIC": "history"}
+    assert Config.load({**env, "STREAMER_HISTORY_PATH": str(tmp_path)}).history_changelog_topic == "history"
+    (tmp_path / "h.sqlite").write_bytes(b"")
+    with pytest.raises(
+        ConfigError, match=r"STREAMER_HISTORY_PATH: .* is a file; with STREAMER_HISTORY_CHANGELOG"
+    ):
+        Config.load({**env, "STREAMER_HISTORY_PATH": str(tmp_path / "h.sqlite")})

@@ -49,11 +49,17 @@ def photometry_schema() -> dict[str, Any]:
     return load_schema_file(SCHEMA_PATH)
 
 
+def single_object_header(schema: dict[str, Any]) -> bytes:
+    """Avro single-object encoding's 10-byte header of ``schema``: magic, then its CRC-64-AVRO
+    fingerprint (little-endian)."""
+    canonical = to_parsing_canonical_form(schema)
+    return SINGLE_OBJECT_MAGIC + struct.pack("<Q", int(fingerprint(canonical, "CRC-64-AVRO"), 16))
+
+
 @cache
 def header() -> bytes:
     """The 10 bytes every photometry value starts with: magic, then the schema's fingerprint."""
-    canonical = to_parsing_canonical_form(photometry_schema())
-    return SINGLE_OBJECT_MAGIC + struct.pack("<Q", int(fingerprint(canonical, "CRC-64-AVRO"), 16))
+    return single_object_header(photometry_schema())
 
 
 @cache
@@ -76,7 +82,6 @@ def encode(alert: DecodedAlert) -> bytes:
     alert : DecodedAlert
         Its ``points`` must have the fields of :data:`~streamer.photometry.POINT_DTYPE`.
     """
-    points = alert.points
     buffer = io.BytesIO()
     buffer.write(header())
     fastavro.schemaless_writer(
@@ -88,7 +93,7 @@ def encode(alert: DecodedAlert) -> bytes:
             "alert_id": int(alert.alert_id),
             "alert_time": float(alert.alert_time),
             "schema": alert.schema,
-            "points": {name: points[name].tolist() for name in _POINT_FIELDS},
+            "points": points_to_columns(alert.points),
         },
     )
     return buffer.getvalue()
@@ -114,7 +119,30 @@ def decode(message: bytes) -> DecodedAlert:
             "unknown_schema", f"fingerprint {message[2:HEADER_SIZE].hex()} is not schemas/photometry.avsc's"
         )
     record = _projection().read_whole(message, HEADER_SIZE)
-    columns = record["points"]
+    points = points_from_columns(record["points"])
+    return DecodedAlert(
+        survey=record["survey"],
+        object_id=record["object_id"],
+        alert_id=record["alert_id"],
+        alert_time=record["alert_time"],
+        points=points,
+        schema=record["schema"],
+    )
+
+
+def points_to_columns(points: np.ndarray) -> dict[str, list[Any]]:
+    """The ``PhotometryPoints`` record of some rows: one list per field of :data:`POINT_DTYPE`."""
+    return {name: points[name].tolist() for name in _POINT_FIELDS}
+
+
+def points_from_columns(columns: dict[str, list[Any]]) -> np.ndarray:
+    """Rows of :data:`POINT_DTYPE` from a decoded ``PhotometryPoints`` record, exactly.
+
+    Raises
+    ------
+    RejectedAlert
+        ``schema_mismatch`` (arrays of different lengths, unknown kinds) or ``unknown_band``.
+    """
     size = len(columns["time"])
     if any(len(columns[name]) != size for name in _POINT_FIELDS):
         lengths = {name: len(columns[name]) for name in _POINT_FIELDS}
@@ -132,11 +160,4 @@ def decode(message: bytes) -> DecodedAlert:
     points = np.empty(size, POINT_DTYPE)
     for name in _POINT_FIELDS:
         points[name] = band if name == "band" else kind if name == "kind" else columns[name]
-    return DecodedAlert(
-        survey=record["survey"],
-        object_id=record["object_id"],
-        alert_id=record["alert_id"],
-        alert_time=record["alert_time"],
-        points=points,
-        schema=record["schema"],
-    )
+    return points

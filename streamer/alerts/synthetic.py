@@ -15,6 +15,7 @@ Example
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
@@ -134,6 +135,18 @@ def blank_record(schema: Any, named: Mapping[str, Any] | None = None) -> Any:
 
 def _field_record(schema: dict[str, Any], field_name: str) -> dict[str, Any]:
     """Blank value of the record held (maybe through a union or array) by a top-level field."""
+    key = (id(schema), field_name)
+    cached = _BLANKS.get(key)
+    if cached is None or cached[0] is not schema:
+        cached = _BLANKS[key] = (schema, _blank_field_record(schema, field_name))
+    return copy.deepcopy(cached[1])
+
+
+#: Blank records per (schema, field), the schema kept so its id is not reused.
+_BLANKS: dict[tuple[int, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+
+
+def _blank_field_record(schema: dict[str, Any], field_name: str) -> dict[str, Any]:
     named = named_types(schema)
     field_type = next(f["type"] for f in schema["fields"] if f["name"] == field_name)
     branches = field_type if isinstance(field_type, list) else [field_type]
@@ -172,6 +185,10 @@ def _dia_row(
     return row
 
 
+#: Layouts per schema, the schema kept so its id is not reused.
+_LAYOUTS: dict[int, tuple[dict[str, Any], DiaLayout]] = {}
+
+
 def _dia_alert(
     schema: dict[str, Any],
     object_id: int,
@@ -182,7 +199,10 @@ def _dia_alert(
     cutout_bytes: int | Sequence[int],
     seed: int,
 ) -> dict[str, Any]:
-    layout: DiaLayout = dia_layout(schema)
+    cached = _LAYOUTS.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        cached = _LAYOUTS[id(schema)] = (schema, dia_layout(schema))
+    layout = cached[1]
     uppercase_y = layout.survey == "elasticc"
     record = blank_record(schema)
     source = _field_record(schema, "diaSource")

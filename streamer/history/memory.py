@@ -27,6 +27,7 @@ class MemoryHistoryStore(HistoryStore):
         self._curves: dict[str, np.ndarray] = {}
         # Previous curve (None: absent) of each object written in the open transaction.
         self._undo: dict[str, np.ndarray | None] | None = None
+        self._checkpoints: dict[str, int] = {}
 
     def delete_objects(self, object_ids: Iterable[str]) -> int:
         return sum(self._curves.pop(oid, None) is not None for oid in set(object_ids))
@@ -34,6 +35,12 @@ class MemoryHistoryStore(HistoryStore):
     def iter_object_ids(self) -> Iterator[str]:
         # A snapshot, so callers may delete objects while iterating.
         return iter(list(self._curves))
+
+    def checkpoint(self, name: str) -> int | None:
+        return self._checkpoints.get(name)
+
+    def set_checkpoint(self, name: str, position: int) -> None:
+        self._checkpoints[name] = int(position)
 
     def object_count(self) -> int:
         return len(self._curves)
@@ -46,6 +53,7 @@ class MemoryHistoryStore(HistoryStore):
 
     def close(self) -> None:
         self._curves.clear()
+        self._checkpoints.clear()
 
     def _load(self, object_ids: Sequence[str]) -> list[np.ndarray]:
         empty = empty_light_curve()

@@ -26,7 +26,7 @@ of earlier times (see :class:`~streamer.history.store.HistoryStore`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,13 +130,32 @@ def batch_from_points(object_id: str, points: np.ndarray) -> PointBatch:
     ValueError
         If a time or ``known_at`` is not finite, or a point has an unknown kind.
     """
-    if not isinstance(points, np.ndarray) or points.dtype != POINT_DTYPE:
-        raise TypeError(f"points of object {object_id} must be a numpy array of POINT_DTYPE")
-    points = points.reshape(-1)
-    bad = ~np.isfinite(points["time"]) | ~np.isfinite(points["known_at"]) | (points["kind"] >= _KNOWN_KINDS)
-    if bad.any():
-        raise ValueError(f"points of object {object_id}: non-finite time/known_at or unknown kind")
-    return PointBatch((object_id,), np.zeros(len(points), dtype=np.intp), points.copy())
+    return batch_from_curves({object_id: points})
+
+
+def batch_from_curves(curves: Mapping[str, np.ndarray]) -> PointBatch:
+    """Wrap already-stamped rows of several objects (exports, a changelog) as one batch.
+
+    Raises
+    ------
+    TypeError
+        If an object's rows are not a :data:`~streamer.photometry.POINT_DTYPE` array.
+    ValueError
+        If a time or ``known_at`` is not finite, or a point has an unknown kind.
+    """
+    parts = []
+    for object_id, points in curves.items():
+        if not isinstance(points, np.ndarray) or points.dtype != POINT_DTYPE:
+            raise TypeError(f"points of object {object_id} must be a numpy array of POINT_DTYPE")
+        points = points.reshape(-1)
+        finite = np.isfinite(points["time"]) & np.isfinite(points["known_at"])
+        bad = ~finite | (points["kind"] >= _KNOWN_KINDS)
+        if bad.any():
+            raise ValueError(f"points of object {object_id}: non-finite time/known_at or unknown kind")
+        parts.append(points)
+    lengths = np.fromiter((len(p) for p in parts), dtype=np.intp, count=len(parts))
+    owner = np.repeat(np.arange(len(parts), dtype=np.intp), lengths)
+    return PointBatch(tuple(curves), owner, stack_points(parts))
 
 
 def stack_points(arrays: Sequence[np.ndarray]) -> np.ndarray:

@@ -40,6 +40,10 @@ CREATE TABLE IF NOT EXISTS light_curve (
     n_points INTEGER NOT NULL,
     points BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checkpoint (
+    name TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+);
 """
 
 
@@ -141,6 +145,18 @@ class SQLiteHistoryStore(HistoryStore):
         # Materialised: a live cursor would observe (or break on) deletes made while iterating.
         rows = self._connection().execute("SELECT object_id FROM light_curve ORDER BY object_id").fetchall()
         return (object_id for (object_id,) in rows)
+
+    def checkpoint(self, name: str) -> int | None:
+        row = self._connection().execute("SELECT position FROM checkpoint WHERE name = ?", (name,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_checkpoint(self, name: str, position: int) -> None:
+        with self._transaction():
+            self._connection().execute(
+                "INSERT INTO checkpoint (name, position) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                (name, int(position)),
+            )
 
     def object_count(self) -> int:
         (count,) = self._connection().execute("SELECT count(*) FROM light_curve").fetchone()

@@ -1,14 +1,15 @@
 """The history store interface: every object's light curve across alerts.
 
 :class:`HistoryStore` holds the whole merge and read logic; a concrete store only says
-how to load, save and delete whole light curves and how to make a batch atomic. The merge
-rules themselves live in :mod:`streamer.history.merging`.
+how to load, save and delete whole light curves, how to make a batch atomic, and where it
+keeps its checkpoints (how far it has applied a changelog). The merge rules themselves
+live in :mod:`streamer.history.merging`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -19,6 +20,7 @@ import numpy as np
 from streamer.history.merging import (
     PointBatch,
     batch_from_alerts,
+    batch_from_curves,
     batch_from_points,
     merge_light_curves,
 )
@@ -162,6 +164,21 @@ class HistoryStore(ABC):
         """
         return bool(self._merge(batch_from_points(object_id, points)).changed_objects)
 
+    def import_objects(self, curves: Mapping[str, np.ndarray]) -> frozenset[str]:
+        """:meth:`import_points` for many objects in one transaction (e.g. a changelog restore).
+
+        Parameters
+        ----------
+        curves : mapping of str to numpy.ndarray
+            Rows of :data:`~streamer.photometry.POINT_DTYPE` per object.
+
+        Returns
+        -------
+        frozenset of str
+            The objects whose stored light curve changed.
+        """
+        return self._merge(batch_from_curves(curves)).changed_objects
+
     def _merge(self, batch: PointBatch) -> MergeResult:
         if not batch.object_ids:
             return MergeResult(frozenset(), 0, 0)
@@ -252,6 +269,20 @@ class HistoryStore(ABC):
     @abstractmethod
     def iter_object_ids(self) -> Iterator[str]:
         """All stored object ids, e.g. to re-partition the store."""
+
+    # -- positions in external logs ---------------------------------------------------------
+
+    @abstractmethod
+    def checkpoint(self, name: str) -> int | None:
+        """A position saved with :meth:`set_checkpoint`, or ``None``.
+
+        A store restored from a log (a Kafka changelog partition) records there how far
+        it has applied it, so that the next restore reads only what came after.
+        """
+
+    @abstractmethod
+    def set_checkpoint(self, name: str, position: int) -> None:
+        """Save a position under ``name`` (durably, for a store on disk)."""
 
     # -- metrics and lifecycle -------------------------------------------------------------
 

@@ -158,10 +158,22 @@ class KafkaRecordSink(Generic[RecordT]):
         if err is not None:
             self._on_error(err)
 
-    def _produce(self, **kwargs: Any) -> None:
+    def produce(self, *, on_delivered: Callable[[Any], None] | None = None, **kwargs: Any) -> None:
+        """Queue one message (``Producer.produce`` arguments), waiting while the local queue
+        is full; ``on_delivered`` gets the message once the broker has it, errors go to
+        ``on_delivery_error``."""
+        callback = self._delivered
+        if on_delivered is not None:
+
+            def callback(err: Any, msg: Any) -> None:
+                if err is not None:
+                    self._on_error(err)
+                else:
+                    on_delivered(msg)
+
         while True:
             try:
-                self.producer.produce(on_delivery=self._delivered, **kwargs)
+                self.producer.produce(on_delivery=callback, **kwargs)
                 return
             except BufferError:
                 # Local queue full: let librdkafka send, then retry.
@@ -170,7 +182,7 @@ class KafkaRecordSink(Generic[RecordT]):
     def write(self, records: Sequence[RecordT], rejections: Sequence[tuple[Rejection, Any]]) -> None:
         """Queue every record and rejection; ``rejections`` pairs each with its source message."""
         for record in records:
-            self._produce(
+            self.produce(
                 topic=self.output_topic,
                 key=record.object_id.encode(),
                 value=self.encoder.encode(record),
@@ -196,5 +208,5 @@ class KafkaRecordSink(Generic[RecordT]):
             if len(value) > room:
                 headers.append(("streamer.original.size", str(len(value)).encode()))
                 value = value[:room]
-            self._produce(topic=self.dead_letter_topic, key=key, value=value, headers=headers)
+            self.produce(topic=self.dead_letter_topic, key=key, value=value, headers=headers)
         self.producer.poll(0)
