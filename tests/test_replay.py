@@ -18,7 +18,8 @@ from streamer.cli import EXIT_REJECTED, main
 from streamer.records import EmbeddingRecord
 from tests.alert_factory import expected_embedding, make_alerts
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "alerts"
+#: Copies of the shared sample alerts (``shared/data/alerts``), so a lone clone has them too.
+SHARED = Path(__file__).resolve().parent / "data" / "alerts"
 N_OBJECTS = 3
 
 
