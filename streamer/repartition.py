@@ -22,7 +22,6 @@ import logging
 import signal
 import sys
 import time
-from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -142,10 +141,6 @@ class Repartitioner(ConsumerLoop):
         self.health.assigned = False
 
     # ---------------------------------------------------------------- loop
-    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
-        log.info("stop requested: draining the current batch")
-        self.stopping = True
-
     def run(self, install_signals: bool = True) -> int:
         """Serve until stopped (SIGTERM/SIGINT), caught up (if asked) or a fatal error."""
         c = self.config

@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -136,6 +135,11 @@ _TRANSIENT_CODES = frozenset(
         KafkaError._PURGE_INFLIGHT,
     }
 )
+
+
+def _kafka_error(exc: KafkaException) -> KafkaError | None:
+    """The ``KafkaError`` a ``KafkaException`` carries, if any."""
+    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
 
 
 def _transient(err: KafkaError) -> bool:
@@ -393,7 +397,7 @@ class Service(ConsumerLoop):
             try:
                 return {tp.partition: tp.offset for tp in consumer.committed(query, timeout=KAFKA_CALL_S)}
             except KafkaException as exc:
-                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                err = _kafka_error(exc)
                 transient = err is not None and (err.code() == KafkaError._TIMED_OUT or _transient(err))
                 if not transient or self._fatal or time.monotonic() > deadline:
                     raise
@@ -417,10 +421,6 @@ class Service(ConsumerLoop):
         self._on_revoke(consumer, partitions)
 
     # ---------------------------------------------------------------- loop
-    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
-        log.info("stop requested: draining the current batch")
-        self.stopping = True
-
     def run(self, install_signals: bool = True) -> int:
         """Serve until stopped (SIGTERM/SIGINT), caught up (if asked) or a fatal error."""
         c = self.config
@@ -598,7 +598,7 @@ class Service(ConsumerLoop):
         except KafkaException as exc:
             # Nothing of this batch becomes visible; it is consumed again (merges are
             # idempotent, so it produces the same records).
-            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            err = _kafka_error(exc)
             failed, self._delivery_error = self._delivery_error, None
             if isinstance(failed, KafkaError) and not _transient(failed):
                 # A record the broker refuses (too large, not authorised): consuming the
@@ -614,13 +614,11 @@ class Service(ConsumerLoop):
             log.warning("batch not committed (%s): consuming it again", err.str())
             raise _Rewind(self._first_offsets(flight.batch)) from exc
         except BaseException:
-            if self._exactly_once:
-                self._abort(producer)
+            self._abort(producer)
             raise
         t2 = time.perf_counter()
         self._changelog_committed(producer, flight.history_updates)
         self._last_commit_at = t2
-        self.health.broker_reachable = True
         seconds = dict(outcome.stage_seconds, wait=t0 - t_wait, produce=t1 - t0, commit=t2 - t1)
         self._account(flight, outcome, seconds)
 
@@ -732,7 +730,7 @@ class Service(ConsumerLoop):
                     call()
                 return
             except KafkaException as exc:
-                err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                err = _kafka_error(exc)
                 if err is None or not err.retriable() or err.fatal() or time.monotonic() > deadline:
                     raise
                 if self._fatal or self.stopping:

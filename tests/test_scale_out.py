@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streamer import kafka_local
@@ -34,7 +34,7 @@ from streamer.service import Service
 from streamer.sinks.kafka import decode_record_value
 from tests.alert_factory import GeneratedAlert, expected_embedding, make_alerts
 from tests.test_outage import _produced, _wait
-from tests.test_service import _env, _free_port, _read_all, _run_service
+from tests.test_service import _env, _free_port, _read_all, _run_service, committed_reader
 
 pytestmark = pytest.mark.kafka
 
@@ -81,14 +81,7 @@ def _assert_same_records(got: dict[int, EmbeddingRecord], want: dict[int, Embedd
 
 def _read_changelog(bootstrap: str, topic: str) -> dict[int, dict[bytes, bytes]]:
     """Each partition's latest committed value per key (what compaction keeps)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
+    consumer = committed_reader({"bootstrap.servers": bootstrap}, **{"enable.partition.eof": True})
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
     latest: dict[int, dict[bytes, bytes]] = defaultdict(dict)
     reading, deadline = set(range(PARTITIONS)), time.monotonic() + 30
@@ -252,14 +245,7 @@ def test_a_replica_with_an_empty_store_restores_the_history_from_the_changelog(
 
 
 def _wait_for_every_record(bootstrap: str, topic: str, alerts: list[GeneratedAlert], timeout: float) -> None:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-        }
-    )
+    consumer = committed_reader({"bootstrap.servers": bootstrap})
     consumer.subscribe([topic])
     missing = {a.alert_id for a in alerts}
     deadline = time.monotonic() + timeout

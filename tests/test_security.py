@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, Message, Producer
+from confluent_kafka import Message, Producer
 
 from streamer.kafka_local import LocalKafka, create_topics, free_port
 from streamer.sinks.kafka import decode_record_value
 from tests.alert_factory import expected_embedding, make_alerts
 from tests.conftest import _require_local_kafka
+from tests.test_service import committed_reader
 
 pytestmark = pytest.mark.kafka
 
@@ -86,14 +87,7 @@ def _start(env: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def _read(broker: LocalKafka, topic: str, expected: int, timeout: float = 60.0) -> list[Message]:
-    consumer = Consumer(
-        {
-            **broker.client_config(USER),
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-        }
-    )
+    consumer = committed_reader(broker.client_config(USER))
     consumer.subscribe([topic])
     out: list[Message] = []
     deadline = time.monotonic() + timeout

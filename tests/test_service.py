@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,15 +56,21 @@ def _publish(bootstrap: str, topic: str, values: list[bytes]) -> None:
     assert producer.flush(30) == 0
 
 
-def _read_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list:
-    consumer = Consumer(
+def committed_reader(client: dict[str, Any], **extra: Any) -> Consumer:
+    """A consumer in a group of its own that reads from the start what is committed."""
+    return Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **client,
             "group.id": f"reader-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
+            **extra,
         }
     )
+
+
+def _read_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list:
+    consumer = committed_reader({"bootstrap.servers": bootstrap})
     consumer.subscribe([topic])
     out: list = []
     deadline = time.monotonic() + timeout

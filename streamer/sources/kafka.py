@@ -3,7 +3,9 @@ start positions on assignment, caught-up detection, broker probing and lag metri
 
 from __future__ import annotations
 
+import logging
 import time
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
@@ -11,6 +13,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaExcepti
 if TYPE_CHECKING:
     from streamer.config import Config
     from streamer.metrics import Health, ServiceMetrics
+
+log = logging.getLogger("streamer")
 
 #: How often the idle loop checks that the broker answers (seconds).
 BROKER_PROBE_INTERVAL_S = 5.0
@@ -34,6 +38,12 @@ class ConsumerLoop:
     _assigned: list[TopicPartition]
     _done_partitions: set[tuple[str, int]]
     _last_probe: float
+    stopping: bool
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        """SIGTERM/SIGINT handler: finish and commit the current batch, then stop."""
+        log.info("stop requested: draining the current batch")
+        self.stopping = True
 
     def _start_positions(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
         """Assigned partitions with the configured start (``STREAMER_START_FROM``) applied."""
