@@ -12,12 +12,17 @@ with realistic histories, and for each model prints, in one run:
                 produce, commit; embed runs in its own thread, overlapping the others)
   (e) replicas  replicas of this size for 10 million alerts a night, and for a burst of
                 10,000 alerts within 40 seconds
+  (f) CPU       CPU time per alert of the ceiling (the model alone), of the service in all
+                and of the broker (when it is the local one) over the exactly-once run; the
+                rate the machine's cores allow at that cost, and the model's share of the
+                CPU, which bounds b/a when the model alone can keep every core busy
 
 and the ratios b/a (target >= 0.85 on the sized models) and b/c (EOS costs at most 10%).
 The service runs ``--rounds`` times per mode (default 2), alternating which mode goes
 first; each mode reports its best round.
 Throughput is counted from the first consumed batch to the last commit, read from the
-service's own summary; model loading and broker start-up are not counted.
+service's own summary; model loading and broker start-up are not counted. "rejected" are
+dead letters: with Astromer (magnitudes), alerts whose curve has no positive flux.
 
 The stream: objects observed over a year on nights about three days apart, one or two
 visits a night in Rubin's bands, transients and periodic variables; a point is a
@@ -232,17 +237,19 @@ def engine_ceiling(model: Model, stream: Stream) -> dict[str, float]:
     pipeline = Pipeline(AlertDecoder("confluent"), MemoryHistoryStore(), embedder)
     messages = [Message(a, str(i)) for i, a in enumerate(stream)]
     prepared = [pipeline.prepare(messages[i : i + BATCH]) for i in range(0, len(messages), BATCH)]
-    seconds, records = 0.0, 0
+    seconds, cpu, records = 0.0, 0.0, 0
     for batch in prepared:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         outcome = pipeline.embed(batch)
         seconds += time.perf_counter() - t0
+        cpu += time.process_time() - c0
         records += len(outcome.records)
     return {
         "alerts/s": len(stream) / seconds,
         "embeddings/s": records / seconds,
         "windows": session.windows_computed,
         "seconds": seconds,
+        "cpu_ms/alert": 1e3 * cpu / len(stream),
     }
 
 
@@ -251,6 +258,7 @@ def engine_ceiling(model: Model, stream: Stream) -> dict[str, float]:
 class ServiceRun:
     summary: dict
     rss_samples: list[tuple[int, int]] = field(default_factory=list)  # (consumed, VmHWM kB)
+    broker_cpu: float = 0.0  # CPU seconds of the broker's JVM from the first consumed alert to exit
 
     @property
     def busy(self) -> float:
@@ -275,6 +283,17 @@ def _consumed(port: int) -> int:
     )
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a running process (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _hwm_kb(pid: int) -> int:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -291,6 +310,7 @@ def run_service(
     delivery: str,
     workdir: Path,
     caches: tuple[int, int] = (WINDOW_CACHE, CURVE_MEMO),
+    broker_pid: int | None = None,
 ) -> ServiceRun:
     run_id = f"{model.label}-{delivery}-{time.monotonic_ns()}"
     port = kafka_local.free_port()
@@ -319,13 +339,16 @@ def run_service(
         [sys.executable, "-m", "streamer.cli", "run"], env=env, stderr=subprocess.PIPE, text=True
     )
     samples: list[tuple[int, int]] = []
+    broker_cpu_at_start: list[float] = []
 
     def watch() -> None:
         while proc.poll() is None:
             hwm, consumed = _hwm_kb(proc.pid), _consumed(port)
             if hwm and consumed >= 0:
                 samples.append((consumed, hwm))
-            time.sleep(0.5)
+            if consumed > 0 and not broker_cpu_at_start:
+                broker_cpu_at_start.append(_cpu_seconds(broker_pid))
+            time.sleep(0.1 if not broker_cpu_at_start else 0.5)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -337,10 +360,11 @@ def run_service(
         elif '"level": "ERROR"' in line or "Traceback" in line:
             print("   ", line.rstrip(), file=sys.stderr)
     code = proc.wait()
+    broker_cpu = _cpu_seconds(broker_pid)
     watcher.join()
     if code != 0 or summary is None:
         raise RuntimeError(f"streamer run exited with {code}")
-    return ServiceRun(summary, samples)
+    return ServiceRun(summary, samples, broker_cpu - broker_cpu_at_start[0] if broker_cpu_at_start else 0.0)
 
 
 # ------------------------------------------------------------------------------- main
@@ -375,10 +399,29 @@ def report(
         f"({night_rate:.0f} alerts/s), {math.ceil(BURST_ALERTS / BURST_SECONDS / rate)} for "
         f"{BURST_ALERTS} alerts in {BURST_SECONDS:g} s ({BURST_ALERTS / BURST_SECONDS:.0f} alerts/s)"
     )
+    cpu_report(ceiling, eos)
     verdict = "ok" if b / a >= 0.85 or not model.sized else "BELOW 0.85"
     print(
         f"    b/a {b / a:.2f} ({verdict if model.sized else 'no target: small model'}); "
         f"b/c {b / c:.2f} ({'ok' if b / c >= 0.90 else 'EOS costs more than 10%'})"
+    )
+
+
+def cpu_report(ceiling: dict[str, float], eos: ServiceRun) -> None:
+    """(f): where the CPU went, and the end-to-end rate this machine's cores allow at that cost."""
+    alerts = eos.summary["alerts"]
+    cores = len(os.sched_getaffinity(0))
+    model = ceiling["cpu_ms/alert"]
+    service = 1e3 * eos.summary["cpu_seconds"] / alerts
+    broker = 1e3 * eos.broker_cpu / alerts
+    bound = cores * 1e3 / (service + broker)
+    print(
+        f"(f) CPU       per alert: model {model:.2f} ms (ceiling), service {service:.2f} ms in all "
+        f"(model, decode, history, Kafka client), broker {broker:.2f} ms"
+        + (" (not measured: --bootstrap)" if eos.broker_cpu == 0 else "")
+        + f"; {cores} cores allow at most {bound:.1f} alerts/s at this cost, b is "
+        f"{100 * eos.rate('alerts') / bound:.0f}% of it; the model's share of the CPU, "
+        f"{model / (service + broker):.2f}, bounds b/a when the ceiling uses every core"
     )
 
 
@@ -423,7 +466,11 @@ def main() -> int:
                 runs: dict[str, list[ServiceRun]] = {"exactly-once": [], "at-least-once": []}
                 for r in range(args.rounds):
                     for delivery in sorted(runs, reverse=r % 2 == 1):
-                        runs[delivery].append(run_service(bootstrap, topic, model, delivery, workdir))
+                        runs[delivery].append(
+                            run_service(
+                                bootstrap, topic, model, delivery, workdir, broker_pid=broker and broker.pid
+                            )
+                        )
                 eos, alos = (
                     max(runs[d], key=lambda run: run.rate("alerts")) for d in sorted(runs, reverse=True)
                 )

@@ -57,6 +57,7 @@ class Config:
     model_output: str | None = None
     reduction: str = "non-overlapping-windows"
     onnx_batch_size: int | None = None
+    onnx_threads: int | None = None
     window_cache_bytes: int = 256 << 20
     curve_memo_bytes: int = 64 << 20
     coalesce: bool = False
@@ -159,8 +160,9 @@ class Config:
             )
         if self.batch_max_wait_s <= 0:
             raise ConfigError(f"STREAMER_BATCH_MAX_WAIT_S: must be positive, got {self.batch_max_wait_s}")
-        if self.onnx_batch_size is not None and self.onnx_batch_size < 1:
-            raise ConfigError(f"STREAMER_ONNX_BATCH_SIZE: must be at least 1, got {self.onnx_batch_size}")
+        for name in ("onnx_batch_size", "onnx_threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"STREAMER_{name.upper()}: must be at least 1, got {getattr(self, name)}")
         if self.onnx_providers:
             import onnxruntime
 

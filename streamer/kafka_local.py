@@ -592,6 +592,11 @@ class LocalKafka:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """Process id of the broker's JVM while it runs (benchmarks read its CPU time)."""
+        return self._process.pid if self.running and self._process is not None else None
+
     def start(self) -> LocalKafka:
         """Format the storage if new, start the broker and wait until it serves."""
         if self.running:

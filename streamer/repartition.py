@@ -11,9 +11,11 @@ one partition of the output topic, and replicas of ``streamer run`` with
 The lifecycle is the service's, without model or history: consume a micro-batch,
 decode it, produce the records and dead letters (the service's
 :class:`~streamer.sinks.kafka.KafkaRecordSink`), then commit: exactly-once, the offsets
-in the same transaction; at-least-once, flush and then commit. A re-delivered batch is
-re-published under at-least-once, which ``streamer run`` absorbs: re-merging an alert is
-a no-op and its record comes out the same.
+in the same transaction; at-least-once, flush and then commit. A broker outage is ridden
+out as the service does (:class:`~streamer.sources.kafka.ConsumerLoop`): the batch is
+consumed again once the broker is back. A re-delivered batch is re-published under
+at-least-once, which ``streamer run`` absorbs: re-merging an alert is a no-op and its
+record comes out the same.
 """
 
 from __future__ import annotations
@@ -23,11 +25,9 @@ import signal
 import sys
 import time
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 from confluent_kafka import (
     Consumer,
-    KafkaError,
     KafkaException,
     Producer,
     TopicPartition,
@@ -35,12 +35,12 @@ from confluent_kafka import (
 
 from streamer.alerts import AlertDecoder
 from streamer.config import Config, ConfigError
-from streamer.metrics import Health, ServiceMetrics, serve_http
+from streamer.metrics import ServiceMetrics, serve_http
 from streamer.photometry import DecodedAlert
 from streamer.pipeline import Message, decode_messages
-from streamer.service import FatalKafkaError, configure_logging
+from streamer.service import configure_logging
 from streamer.sinks.kafka import KafkaRecordSink, PhotometryEncoder
-from streamer.sources.kafka import ConsumerLoop, next_offsets
+from streamer.sources.kafka import ConsumerLoop, FatalKafkaError, Rewind, dead_letters
 
 log = logging.getLogger("streamer.repartition")
 
@@ -83,50 +83,12 @@ class Repartitioner(ConsumerLoop):
 
     def __init__(self, config: Config, metrics: ServiceMetrics | None = None) -> None:
         check_config(config)
-        self.config = config
-        self.metrics = metrics or ServiceMetrics()
-        self.health = Health()
+        self._init_loop(config, metrics)
         self.health.model_loaded = True  # there is none: ready once assigned and connected
-        self.stopping = False
-        self.http: WSGIServer | None = None
         self.stats = dict.fromkeys(("messages", "alerts", "rejected", "batches"), 0)
-        self._exactly_once = config.delivery == "exactly-once"
-        self._fatal: str | None = None
-        self._delivery_error: Any = None
-        self._assigned: list[TopicPartition] = []
-        self._done_partitions: set[tuple[str, int]] = set()
-        self._last_probe = 0.0
+        self._kafka: tuple[Consumer, Producer, KafkaRecordSink[DecodedAlert]]
 
     # ------------------------------------------------------------- set-up
-    def _clients(self) -> tuple[Consumer, Producer]:
-        c = self.config
-        common = {"bootstrap.servers": c.bootstrap_servers, "error_cb": self._on_kafka_error, **c.kafka}
-        consumer = Consumer(
-            {
-                **common,
-                "group.id": c.group_id,
-                "group.instance.id": c.instance_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "enable.partition.eof": c.exit_when_caught_up or c.until_time_ms is not None,
-            }
-        )
-        producer_conf = {**common, "enable.idempotence": True, "linger.ms": 5}
-        if self._exactly_once:
-            producer_conf["transactional.id"] = c.transactional_id
-        return consumer, Producer(producer_conf)
-
-    def _on_kafka_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
-            self.health.broker_reachable = False
-        if err.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED) or err.fatal():
-            self._fatal = f"Kafka: {err.str()}"
-        log.warning("kafka: %s", err.str())
-
-    def _on_delivery_error(self, err: Any) -> None:
-        self._delivery_error = err
-
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         partitions = self._start_positions(consumer, partitions)
         consumer.assign(partitions)
@@ -155,7 +117,7 @@ class Repartitioner(ConsumerLoop):
             max_message_bytes=c.max_message_bytes,
         )
         self.http = serve_http(self.metrics, self.health, c.metrics_port)
-        consumer, producer = self._clients()
+        consumer, producer = Consumer(self._consumer_config()), self._new_producer()
         sink = KafkaRecordSink[DecodedAlert](
             producer,
             c.output_topic,
@@ -164,21 +126,22 @@ class Repartitioner(ConsumerLoop):
             self._on_delivery_error,
             dead_letter_max_bytes=c.dead_letter_max_bytes,
         )
+        self._kafka = (consumer, producer, sink)
         try:
             if self._exactly_once:
-                producer.init_transactions(30)
-            pattern = c.input_pattern
-            topics = [pattern if pattern.startswith("^") else f"^{pattern}"] if pattern else c.input_topics
-            consumer.subscribe(
-                topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
-            )
+                self._init_transactions(producer)
+            self._subscribe(consumer)
             while not self.stopping:
                 self.health.beat()
                 if self._fatal:
                     raise FatalKafkaError(self._fatal)
                 batch = self._consume(consumer)
                 if batch:
-                    self._process(batch, decoder, consumer, producer, sink)
+                    try:
+                        self._process(batch, decoder)
+                    except Rewind as rewind:
+                        self._seek(consumer, rewind.offsets)
+                        continue
                     self.health.broker_reachable = True
                 else:
                     self._probe_broker(consumer)
@@ -192,78 +155,21 @@ class Repartitioner(ConsumerLoop):
             print(f"streamer: fatal: {exc}", file=sys.stderr)
             return 1
         finally:
-            self._shutdown(consumer, producer)
+            self._shutdown(consumer, self._kafka[1])
 
-    def _consume(self, consumer: Consumer) -> list[Any]:
-        c = self.config
-        batch = []
-        for m in consumer.consume(num_messages=c.batch_max_messages, timeout=c.batch_max_wait_s):
-            err, where = m.error(), (str(m.topic()), int(m.partition() or 0))
-            if err is None:
-                if c.until_time_ms is not None and m.timestamp()[1] > c.until_time_ms:
-                    self._done_partitions.add(where)
-                    consumer.pause([TopicPartition(*where)])
-                    continue
-                batch.append(m)
-                self._done_partitions.discard(where)
-            elif err.code() == KafkaError._PARTITION_EOF:
-                self._done_partitions.add(where)
-            elif err.fatal() or err.code() in (
-                KafkaError.TOPIC_AUTHORIZATION_FAILED,
-                KafkaError.GROUP_AUTHORIZATION_FAILED,
-            ):
-                raise FatalKafkaError(f"Kafka: {err.str()}")
-            else:
-                log.warning("consume: %s", err.str())
-        return batch
-
-    def _process(
-        self,
-        batch: list[Any],
-        decoder: AlertDecoder,
-        consumer: Consumer,
-        producer: Producer,
-        sink: KafkaRecordSink[DecodedAlert],
-    ) -> None:
+    def _process(self, batch: list[Any], decoder: AlertDecoder) -> None:
         m = self.metrics
-        by_source = {f"{msg.topic()}/{msg.partition()}/{msg.offset()}": msg for msg in batch}
         for msg in batch:
             m.consumed.labels(topic=msg.topic()).inc()
         m.batch_messages.observe(len(batch))
         t0 = time.perf_counter()
         alerts, _, rejections = decode_messages(
-            decoder, [Message(msg.value() or b"", source) for source, msg in by_source.items()]
+            decoder,
+            [Message(msg.value() or b"", f"{msg.topic()}/{msg.partition()}/{msg.offset()}") for msg in batch],
         )
         t1 = time.perf_counter()
-        dead = []
-        for r in rejections:
-            msg = by_source[r.source.split("#", 1)[0]]
-            # One alert of a many-alert container file: dead-letter the whole message.
-            dead.append((r if r.data else type(r)(r.reason, r.detail, r.source, msg.value() or b""), msg))
-        try:
-            if self._exactly_once:
-                producer.begin_transaction()
-            self._delivery_error = None
-            sink.write(alerts, dead)
-            t2 = time.perf_counter()
-            offsets = next_offsets(batch)
-            if self._exactly_once:
-                producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
-                producer.commit_transaction(60)
-            else:
-                left = producer.flush(60)
-                if self._delivery_error is not None or left:
-                    why = self._delivery_error or f"{left} messages not delivered in 60 s"
-                    raise FatalKafkaError(f"Kafka: delivery failed: {why}")
-                consumer.commit(offsets=offsets, asynchronous=False)
-        except BaseException:
-            # Nothing of this batch becomes visible; a restart re-processes it.
-            if self._exactly_once:
-                try:
-                    producer.abort_transaction(30)
-                except KafkaException as exc:
-                    log.warning("aborting the transaction: %s", exc)
-            raise
+        sink = self._kafka[2]
+        t2 = self._commit_batch(batch, lambda: sink.write(alerts, dead_letters(rejections, batch)))
         t3 = time.perf_counter()
         for stage, seconds in (("decode", t1 - t0), ("produce", t2 - t1), ("commit", t3 - t2)):
             m.stage_seconds.labels(stage=stage).observe(seconds)
@@ -271,7 +177,7 @@ class Repartitioner(ConsumerLoop):
             m.decoded.labels(survey=alert.survey).inc()
         for r in rejections:
             m.rejected.labels(reason=r.reason).inc()
-        self._update_lag(consumer)
+        self._update_lag(consumer=self._kafka[0])
         s = self.stats
         s["messages"] += len(batch)
         s["alerts"] += len(alerts)

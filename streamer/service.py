@@ -25,7 +25,6 @@ of its messages is processed. So replicas in one group give the records of one.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import signal
@@ -35,7 +34,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 from confluent_kafka import (
     Consumer,
@@ -57,16 +55,22 @@ from streamer.history import (
 )
 from streamer.history import changelog as history_changelog
 from streamer.history.changelog import HistoryUpdate
-from streamer.metrics import Health, ServiceMetrics, serve_http
+from streamer.metrics import ServiceMetrics, serve_http
 from streamer.pipeline import BatchOutcome, Message, Pipeline, PreparedBatch, combine_prepared
 from streamer.sinks.kafka import KafkaRecordSink, RecordEncoder
-from streamer.sources.kafka import ConsumerLoop, next_offsets
+from streamer.sources.kafka import (
+    KAFKA_CALL_S,
+    ConsumerLoop,
+    FatalKafkaError,
+    Rewind,
+    as_messages,
+    dead_letters,
+    kafka_error,
+    transient,
+)
 
 log = logging.getLogger("streamer")
 
-#: Timeout of one blocking Kafka call (commit, abort, flush); a call that times out is
-#: retried, so this is how soon ``/readyz`` notices an outage mid-commit (seconds).
-KAFKA_CALL_S = 5.0
 #: How long a restore waits for a changelog partition to reach the committed input offset
 #: (the markers of a transaction committed by the partition's previous owner can trail
 #: its offsets) before it goes on with a warning (seconds).
@@ -74,13 +78,23 @@ CHANGELOG_SETTLE_S = 10.0
 
 
 def onnx_session_kwargs(config: Config) -> dict[str, Any] | None:
-    """``InferenceSession`` arguments: the configured execution providers.
+    """``InferenceSession`` arguments: the configured execution providers and intra-op threads.
 
-    onnxruntime's intra-op threads keep spinning between operators (its default): turning
-    that off left the CPU to the decoding thread but slowed the ATCAT-sized model itself by
-    more than it gained (``benchmarks/e2e.py``: 0.83 of the ceiling instead of 0.98).
+    onnxruntime starts one intra-op thread per physical core of the *node*, which in a
+    Kubernetes pod ignores the CPU limit; ``onnx_threads`` sets the count (deploy/ sets it
+    to the pod's limit). Its threads keep spinning between operators (the default):
+    turning that off gave no steady gain in ``benchmarks/e2e.py`` on either sized model.
     """
-    return {"providers": config.onnx_providers} if config.onnx_providers else None
+    kwargs: dict[str, Any] = {}
+    if config.onnx_providers:
+        kwargs["providers"] = config.onnx_providers
+    if config.onnx_threads is not None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = config.onnx_threads
+        kwargs["sess_options"] = options
+    return kwargs or None
 
 
 class _JsonFormatter(logging.Formatter):
@@ -119,48 +133,6 @@ class _InFlight:
     history_updates: list[HistoryUpdate] = field(default_factory=list)
 
 
-#: Errors of a broker that is away or moving, after which a batch is consumed again.
-_TRANSIENT_CODES = frozenset(
-    {
-        KafkaError._TRANSPORT,
-        KafkaError._ALL_BROKERS_DOWN,
-        KafkaError._TIMED_OUT,
-        KafkaError._MSG_TIMED_OUT,
-        KafkaError.REQUEST_TIMED_OUT,
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError._PURGE_QUEUE,
-        KafkaError._PURGE_INFLIGHT,
-    }
-)
-
-
-def _kafka_error(exc: KafkaException) -> KafkaError | None:
-    """The ``KafkaError`` a ``KafkaException`` carries, if any."""
-    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-
-
-def _transient(err: KafkaError) -> bool:
-    """A broker outage rather than a bad message or configuration (those end the service)."""
-    if err.fatal():
-        return False
-    return err.retriable() or err.txn_requires_abort() or err.code() in _TRANSIENT_CODES
-
-
-class _Rewind(Exception):
-    """A batch could not be committed (broker away): consume again from these offsets."""
-
-    def __init__(self, offsets: list[TopicPartition]) -> None:
-        super().__init__(offsets)
-        self.offsets = offsets
-
-
-class FatalKafkaError(RuntimeError):
-    """An error the service cannot recover from (authentication, fencing, bad topic)."""
-
-
 class Service(ConsumerLoop):
     """The consumer loop. ``run()`` returns the exit status.
 
@@ -171,17 +143,7 @@ class Service(ConsumerLoop):
     """
 
     def __init__(self, config: Config, metrics: ServiceMetrics | None = None) -> None:
-        self.config = config
-        self.metrics = metrics or ServiceMetrics()
-        self.health = Health()
-        self.stopping = False
-        self._fatal: str | None = None
-        self._delivery_error: Any = None
-        self._last_probe = 0.0
-        self._assigned: list[TopicPartition] = []
-        self._done_partitions: set[tuple[str, int]] = set()
-        self._exactly_once = config.delivery == "exactly-once"
-        self.http: WSGIServer | None = None
+        self._init_loop(config, metrics)
         counted = ("messages", "alerts", "embeddings", "rejected", "coalesced", "batches")
         self.stats = dict.fromkeys(counted, 0)
         #: Seconds spent per stage over the run (decode, history, embed in the worker,
@@ -195,44 +157,13 @@ class Service(ConsumerLoop):
         #: Last changelog offset delivered per partition in the open transaction.
         self._changelog_delivered: dict[int, int] = {}
         self._first_batch_at: float | None = None
+        self._first_batch_cpu = self._last_commit_cpu = 0.0
         self._last_commit_at: float | None = None
         # The model runs here, overlapping the main thread's Kafka I/O, decoding and
         # history merges (onnxruntime releases the GIL while it computes).
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="embed") if config.pipeline else None
 
     # ------------------------------------------------------------- set-up
-    def _kafka_common(self) -> dict[str, Any]:
-        return {
-            "bootstrap.servers": self.config.bootstrap_servers,
-            "error_cb": self._on_kafka_error,
-            **self.config.kafka,
-        }
-
-    def _on_kafka_error(self, err: KafkaError) -> None:
-        code = err.code()
-        if code in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
-            self.health.broker_reachable = False
-        if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED) or err.fatal():
-            # librdkafka's message names the mechanism, never the password.
-            self._fatal = f"Kafka: {err.str()}"
-        log.warning("kafka: %s", err.str())
-
-    def _init_transactions(self, producer: Producer, timeout: float = 30.0) -> None:
-        """``init_transactions`` in one-second steps (a timed-out call resumes), so that an
-        authentication failure reported meanwhile ends the start-up at once, named, instead
-        of a timeout after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                producer.init_transactions(1.0)
-                return
-            except KafkaException as exc:
-                producer.poll(0)  # serves error_cb, which records an authentication failure
-                if self._fatal:
-                    raise FatalKafkaError(self._fatal) from None
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
-                    raise
-
     def _build(
         self,
     ) -> tuple[Consumer, Producer, Pipeline, KafkaRecordSink, HistoryStore | PartitionedHistory]:
@@ -273,22 +204,7 @@ class Service(ConsumerLoop):
             max_message_bytes=c.max_message_bytes,
         )
         encoder = RecordEncoder(c.output_topic, c.schema_registry_url)
-        consumer = Consumer(
-            {
-                # Longer than a broker restart: a session that outlives an outage keeps its
-                # partitions (and, with static membership, avoids being fenced on rejoin).
-                "session.timeout.ms": 120_000,
-                **self._kafka_common(),
-                "group.id": c.group_id,
-                # Static membership: a restarted pod (same instance id) takes its
-                # partitions back at once instead of waiting out the session timeout.
-                "group.instance.id": c.instance_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "enable.partition.eof": c.exit_when_caught_up or c.until_time_ms is not None,
-            }
-        )
+        consumer = Consumer(self._consumer_config())
         producer = self._new_producer()
         sink = KafkaRecordSink(
             producer,
@@ -302,38 +218,6 @@ class Service(ConsumerLoop):
         pipeline = Pipeline(decoder, store, embedder, coalesce=c.coalesce)
         return consumer, producer, pipeline, sink, history
 
-    def _new_producer(self) -> Producer:
-        conf = {**self._kafka_common(), "enable.idempotence": True, "linger.ms": 5}
-        if self._exactly_once:
-            conf["transactional.id"] = self.config.transactional_id
-        return Producer(conf)
-
-    def _replace_producer(self) -> None:
-        """After a failed commit: a new transactional producer with the same id. Its
-        ``init_transactions`` fences the old one and aborts its open transaction, whatever
-        state librdkafka left it in (a timed-out commit cannot simply be aborted)."""
-        consumer, old, sink = self._kafka
-        old.purge()
-        old.flush(0)
-        producer = self._new_producer()
-        self._kafka = (consumer, producer, sink)
-        sink.producer = producer
-        deadline = time.monotonic() + self.config.broker_outage_s
-        while True:
-            try:
-                with self.health.kafka_call():
-                    self._init_transactions(producer)
-                return
-            except KafkaException:
-                if self._fatal or self.stopping or time.monotonic() > deadline:
-                    raise
-                self.health.broker_reachable = False
-                log.warning("waiting for the broker to start a new transactional producer")
-
-    def _on_delivery_error(self, err: Any) -> None:
-        self._delivery_error = err
-
-    # ----------------------------------------------------------- rebalance
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         partitions = self._start_positions(consumer, partitions)
         consumer.assign(partitions)
@@ -397,12 +281,15 @@ class Service(ConsumerLoop):
             try:
                 return {tp.partition: tp.offset for tp in consumer.committed(query, timeout=KAFKA_CALL_S)}
             except KafkaException as exc:
-                err = _kafka_error(exc)
-                transient = err is not None and (err.code() == KafkaError._TIMED_OUT or _transient(err))
-                if not transient or self._fatal or time.monotonic() > deadline:
+                err = kafka_error(exc)
+                waiting = err is not None and (err.code() == KafkaError._TIMED_OUT or transient(err))
+                if not waiting or self._fatal or time.monotonic() > deadline:
                     raise
                 self.health.beat()
                 log.info("waiting for stable committed offsets (an open transaction of their last owner)")
+
+    def _owned_partitions(self) -> set[int] | None:
+        return set(self._partitioned.partitions) if self._partitioned is not None else None
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # No transaction is open during consume(); the batch whose model run is in
@@ -435,15 +322,8 @@ class Service(ConsumerLoop):
                 self._init_transactions(producer)
             if self._partitioned is not None:
                 self._check_changelog_topic(consumer)
-            topics = (
-                [f"^{c.input_pattern}" if not c.input_pattern.startswith("^") else c.input_pattern]
-                if c.input_pattern
-                else c.input_topics
-            )
-            consumer.subscribe(
-                topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-            )
             self._kafka = (consumer, producer, sink)
+            self._subscribe(consumer)
             while not self.stopping:
                 self.health.beat()
                 if self._fatal:
@@ -455,7 +335,7 @@ class Service(ConsumerLoop):
                 # works on this one.
                 try:
                     self._finish_in_flight()
-                except _Rewind as rewind:
+                except Rewind as rewind:
                     # A broker outage: this batch and the next are re-consumed from the
                     # failed batch's first offsets once the broker is back.
                     self._in_flight = started
@@ -483,47 +363,16 @@ class Service(ConsumerLoop):
             self._drop_in_flight()
             self._shutdown(consumer, self._kafka[1] if hasattr(self, "_kafka") else producer, history)
 
-    def _consume(self, consumer: Consumer) -> list[Any]:
-        c = self.config
-        raw = consumer.consume(num_messages=c.batch_max_messages, timeout=c.batch_max_wait_s)
-        batch = []
-        stores = set(self._partitioned.partitions) if self._partitioned is not None else None
-        for m in raw:
-            err = m.error()
-            if err is None and stores is not None and m.partition() not in stores:
-                # Not ours (any more): its history is elsewhere, and so is its commit.
-                log.warning("skipping a message of unassigned %s[%s]", m.topic(), m.partition())
-            elif err is None:
-                if c.until_time_ms is not None and m.timestamp()[1] > c.until_time_ms:
-                    self._stop_partition(consumer, str(m.topic()), int(m.partition() or 0))
-                    continue
-                batch.append(m)
-                self._done_partitions.discard((str(m.topic()), int(m.partition() or 0)))
-            elif err.code() == KafkaError._PARTITION_EOF:
-                self._done_partitions.add((str(m.topic()), int(m.partition() or 0)))
-            elif err.fatal() or err.code() in (
-                KafkaError.TOPIC_AUTHORIZATION_FAILED,
-                KafkaError.GROUP_AUTHORIZATION_FAILED,
-            ):
-                raise FatalKafkaError(f"Kafka: {err.str()}")
-            else:
-                log.warning("consume: %s", err.str())
-        return batch
-
-    def _stop_partition(self, consumer: Consumer, topic: str, partition: int) -> None:
-        self._done_partitions.add((topic, partition))
-        consumer.pause([TopicPartition(topic, partition)])
-
     def _start(self, batch: list[Any], pipeline: Pipeline) -> _InFlight:
         """Decode and merge a batch here, and hand its model run to the worker thread."""
         m = self.metrics
-        messages = []
+        messages = as_messages(batch)
         for msg in batch:
-            messages.append(Message(msg.value() or b"", f"{msg.topic()}/{msg.partition()}/{msg.offset()}"))
             m.consumed.labels(topic=msg.topic()).inc()
         m.batch_messages.observe(len(batch))
         if self._first_batch_at is None:
             self._first_batch_at = time.perf_counter()
+            self._first_batch_cpu = time.process_time()
         updates: list[HistoryUpdate] = []
         if self._partitioned is None:
             prepared = pipeline.prepare(messages)
@@ -565,60 +414,23 @@ class Service(ConsumerLoop):
         flight, self._in_flight = self._in_flight, None
         if flight is None:
             return
-        consumer, producer, sink = self._kafka
+        sink = self._kafka[2]
         t_wait = time.perf_counter()
-        try:
-            outcome = flight.outcome.result()
-            t0 = time.perf_counter()
-            if self._exactly_once:
-                producer.begin_transaction()
-            self._delivery_error = None
-            by_source = {f"{msg.topic()}/{msg.partition()}/{msg.offset()}": msg for msg in flight.batch}
-            rejections = []
-            for r in outcome.rejections:
-                msg = by_source[r.source.split("#", 1)[0]]
-                if not r.data:
-                    r = type(r)(r.reason, r.detail, r.source, msg.value() or b"")
-                rejections.append((r, msg))
-            sink.write(outcome.records, rejections)
+        outcome = flight.outcome.result()  # no transaction is open yet
+        t0 = time.perf_counter()
+
+        def write() -> None:
+            sink.write(outcome.records, dead_letters(outcome.rejections, flight.batch))
             self._write_changelog(sink, flight.history_updates)
-            t1 = time.perf_counter()
-            offsets = next_offsets(flight.batch)
-            if self._exactly_once:
-                # One try each: after a failed call the transaction is aborted and the
-                # batch consumed again (retrying a failed send_offsets_to_transaction can
-                # hang in librdkafka).
-                metadata = consumer.consumer_group_metadata()
-                with self.health.kafka_call():
-                    producer.send_offsets_to_transaction(offsets, metadata, KAFKA_CALL_S)
-                    producer.commit_transaction(KAFKA_CALL_S)
-            else:
-                self._retrying(lambda: self._flush(producer))
-                self._retrying(lambda: consumer.commit(offsets=offsets, asynchronous=False))
-        except KafkaException as exc:
-            # Nothing of this batch becomes visible; it is consumed again (merges are
-            # idempotent, so it produces the same records).
-            err = _kafka_error(exc)
-            failed, self._delivery_error = self._delivery_error, None
-            if isinstance(failed, KafkaError) and not _transient(failed):
-                # A record the broker refuses (too large, not authorised): consuming the
-                # batch again would fail the same way, for ever.
-                self._abort(producer)
-                raise FatalKafkaError(f"Kafka: delivery failed: {failed.str()}") from exc
-            if err is None or not _transient(err) or self._fatal or self.stopping:
-                self._abort(producer)
-                raise
-            if self._exactly_once:
-                self._replace_producer()
-            self._delivery_error = None  # the old producer's purged messages
-            log.warning("batch not committed (%s): consuming it again", err.str())
-            raise _Rewind(self._first_offsets(flight.batch)) from exc
-        except BaseException:
-            self._abort(producer)
-            raise
+
+        # A failed commit leaves nothing of this batch visible; it is consumed again
+        # (merges are idempotent, so it produces the same records).
+        t1 = self._commit_batch(flight.batch, write)
+        producer = self._kafka[1]
         t2 = time.perf_counter()
         self._changelog_committed(producer, flight.history_updates)
         self._last_commit_at = t2
+        self._last_commit_cpu = time.process_time()
         seconds = dict(outcome.stage_seconds, wait=t0 - t_wait, produce=t1 - t0, commit=t2 - t1)
         self._account(flight, outcome, seconds)
 
@@ -668,7 +480,7 @@ class Service(ConsumerLoop):
         leave it uncommitted: whoever consumes the partitions next processes it again."""
         try:
             self._finish_in_flight()
-        except _Rewind:
+        except Rewind:
             log.warning("the last batch stays uncommitted; it will be consumed again")
 
     def _drop_in_flight(self) -> None:
@@ -716,64 +528,6 @@ class Service(ConsumerLoop):
         s["rejected"] += len(outcome.rejections)
         s["coalesced"] += outcome.coalesced
         s["batches"] += 1
-
-    def _retrying(self, call: Callable[[], object]) -> None:
-        """Call; while it fails with a retriable Kafka error (the broker is away), call again.
-
-        Keeps ``/healthz`` alive and ``/readyz`` not ready meanwhile; gives up after
-        ``broker_outage_s`` (the error then goes up: the batch is consumed again).
-        """
-        deadline = time.monotonic() + self.config.broker_outage_s
-        while True:
-            try:
-                with self.health.kafka_call():
-                    call()
-                return
-            except KafkaException as exc:
-                err = _kafka_error(exc)
-                if err is None or not err.retriable() or err.fatal() or time.monotonic() > deadline:
-                    raise
-                if self._fatal or self.stopping:
-                    raise
-                self.health.broker_reachable = False
-                self.health.beat()
-                log.warning("retrying: %s", err.str())
-                time.sleep(1.0)
-
-    def _flush(self, producer: Producer) -> None:
-        left = producer.flush(KAFKA_CALL_S)
-        if self._delivery_error is not None:
-            err, self._delivery_error = self._delivery_error, None
-            raise KafkaException(
-                err if isinstance(err, KafkaError) else KafkaError(KafkaError._FAIL, str(err))
-            )
-        if left:
-            raise KafkaException(
-                KafkaError(KafkaError._TIMED_OUT, f"{left} messages not yet delivered", retriable=True)
-            )
-
-    @staticmethod
-    def _first_offsets(batch: list[Any]) -> list[TopicPartition]:
-        first: dict[tuple[str, int], int] = {}
-        for msg in batch:
-            key = (msg.topic(), msg.partition())
-            first[key] = min(first.get(key, msg.offset()), msg.offset())
-        return [TopicPartition(t, p, o) for (t, p), o in first.items()]
-
-    def _seek(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
-        assigned = {(p.topic, p.partition) for p in consumer.assignment()}
-        for tp in offsets:
-            if (tp.topic, tp.partition) in assigned:
-                self._retrying(functools.partial(consumer.seek, tp))
-
-    def _abort(self, producer: Producer) -> None:
-        """Abort the open transaction, waiting out a broker outage (up to ``broker_outage_s``)."""
-        if not self._exactly_once:
-            return
-        try:
-            self._retrying(lambda: producer.abort_transaction(KAFKA_CALL_S))
-        except KafkaException as exc:
-            log.warning("aborting the transaction: %s", exc)
 
     def _check_changelog_topic(self, consumer: Consumer) -> None:
         """The changelog topic exists with as many partitions as the input topic (else
@@ -845,6 +599,8 @@ class Service(ConsumerLoop):
                 "fields": {
                     **self.stats,
                     "busy_seconds": round(busy, 3),
+                    # CPU time of all the process's threads (model included) over the same span
+                    "cpu_seconds": round(max(self._last_commit_cpu - self._first_batch_cpu, 0.0), 3),
                     "stage_seconds": {k: round(v, 3) for k, v in self.stage_totals.items()},
                 }
             },

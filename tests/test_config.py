@@ -83,6 +83,7 @@ def test_kafka_properties_pass_through_and_secrets_come_from_files(tmp_path) -> 
             {**BASE, "STREAMER_ONNX_PROVIDERS": "CUDAExecutionProvider,CPUExecutionProvider"},
             "STREAMER_ONNX_PROVIDERS: CUDAExecutionProvider not in this onnxruntime build",
         ),
+        ({**BASE, "STREAMER_ONNX_THREADS": "0"}, "STREAMER_ONNX_THREADS: must be at least 1"),
         ({**BASE, "STREAMER_CURVE_MEMO_BYTES": "-5"}, "STREAMER_CURVE_MEMO_BYTES: must not be negative"),
         (
             {**BASE, "STREAMER_KAFKA_SASL_PASSWORD_FILE": "/nonexistent"},
@@ -102,8 +103,9 @@ def test_unknown_setting_in_file_is_named(tmp_path) -> None:
         Config.load({}, file=file)
 
 
-def test_onnx_providers_and_batch_size_reach_the_model_session(atcat_file) -> None:
-    """The GPU path's settings: the providers (CPU here) and the ONNX batch size in windows."""
+def test_onnx_providers_threads_and_batch_size_reach_the_model_session(atcat_file) -> None:
+    """The GPU path's settings (providers, CPU here; ONNX batch size in windows) and the
+    intra-op thread count a pod's CPU limit calls for."""
     from streamer.service import Service
 
     config = Config.load(
@@ -112,6 +114,7 @@ def test_onnx_providers_and_batch_size_reach_the_model_session(atcat_file) -> No
             "STREAMER_MODEL_FILE": str(atcat_file),
             "STREAMER_ONNX_PROVIDERS": "CPUExecutionProvider",
             "STREAMER_ONNX_BATCH_SIZE": "256",
+            "STREAMER_ONNX_THREADS": "3",
         }
     )
     consumer, _, pipeline, _, history = Service(config)._build()
@@ -120,6 +123,7 @@ def test_onnx_providers_and_batch_size_reach_the_model_session(atcat_file) -> No
     model = pipeline.embedder.model
     assert model.session.get_providers() == ["CPUExecutionProvider"]
     assert model.batch_size == 256
+    assert model.session.get_session_options().intra_op_num_threads == 3
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""Broker outage: the broker stops for 30 s mid-run; the service stays up, reports not ready
-meanwhile, then resumes, and no alert is lost or duplicated."""
+"""Broker outage: the broker stops for 30 s mid-run; ``streamer run`` (and ``streamer
+repartition``) stays up, reports not ready meanwhile, then resumes, and no alert is lost or
+duplicated."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import uuid
 import pytest
 
 from streamer import kafka_local
+from streamer.alerts import photometry_codec
 from streamer.sinks.kafka import decode_record_value
 from tests.alert_factory import make_alerts
+from tests.test_repartition import _repartition_env
 from tests.test_service import _env, _free_port, _get, _publish, _read_all
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -23,13 +26,16 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 OUTAGE_S = 30.0
 
 
-def _produced(port: int) -> float:
+def _counter(port: int, name: str) -> float:
+    """A counter's total over its labels, from the process's /metrics (-1 before it serves)."""
     try:
         status, body = _get(f"http://127.0.0.1:{port}/metrics")
     except OSError:  # not serving yet
         return -1.0
-    found = re.search(rb"^streamer_embeddings_produced_total (\S+)", body, re.M) if status == 200 else None
-    return float(found.group(1)) if found else -1.0
+    if status != 200:
+        return -1.0
+    found = re.findall(rb"^" + name.encode() + rb"(?:\{[^}]*\})? (\S+)", body, re.M)
+    return sum(float(v) for v in found) if found else -1.0
 
 
 def _wait(condition, timeout: float, what: str) -> None:
@@ -39,8 +45,9 @@ def _wait(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("command", ["run", "repartition"])
 def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
-    local_kafka, atcat_file, tmp_path
+    local_kafka, atcat_file, tmp_path, command
 ) -> None:
     bootstrap = local_kafka.bootstrap_servers
     alerts = make_alerts(n_objects=24, every=1, cutout_bytes=500)
@@ -51,25 +58,34 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
     _publish(bootstrap, topics["input"], [a.data for a in alerts[:half]])
 
     port = _free_port()
+    if command == "run":
+        env = _env(bootstrap, topics, atcat_file, STREAMER_HISTORY_PATH=str(tmp_path / "h.sqlite"))
+        # Counted once the batch's transaction is committed.
+        progress = "streamer_embeddings_produced_total"
+    else:
+        env = _repartition_env(bootstrap, topics["input"], topics["output"], topics["dlq"])
+        # A batch's alerts are decoded before its commit: at least one more batch than
+        # committed, which the outage then finds in flight.
+        progress = "streamer_alerts_decoded_total"
     env = {
         **os.environ,
-        **_env(bootstrap, topics, atcat_file, STREAMER_HISTORY_PATH=str(tmp_path / "h.sqlite")),
+        **env,
         "STREAMER_METRICS_PORT": str(port),
         "STREAMER_BATCH_MAX_MESSAGES": "20",
         "STREAMER_EXIT_WHEN_CAUGHT_UP": "false",
     }
-    log_path = tmp_path / "service.log"
+    log_path = tmp_path / f"{command}.log"
     with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "run"], env=env, stderr=log)
+        proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", command], env=env, stderr=log)
     try:
-        _wait(lambda: _produced(port) > 0, 90, "the first records")
+        _wait(lambda: _counter(port, progress) > 0, 90, "the first alerts")
         assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
 
         local_kafka.pause()  # mid-run: the first half is still being processed
         stopped = time.monotonic()
         not_ready_seen = False
         while time.monotonic() - stopped < OUTAGE_S:
-            assert proc.poll() is None, "the service exited during the outage"
+            assert proc.poll() is None, f"streamer {command} exited during the outage"
             not_ready_seen |= _get(f"http://127.0.0.1:{port}/readyz")[0] == 503
             assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
             time.sleep(0.5)
@@ -77,7 +93,7 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
         local_kafka.resume()
 
         _publish(bootstrap, topics["input"], [a.data for a in alerts[half:]])
-        _wait(lambda: _produced(port) >= len(alerts), 150, "every alert's record after the outage")
+        _wait(lambda: _counter(port, progress) >= len(alerts), 150, "every alert after the outage")
         _wait(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "ready again")
         assert proc.poll() is None
     except BaseException:
@@ -88,9 +104,8 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
     code = proc.wait(60)
     assert code == 0, log_path.read_text()[-3000:]
 
-    records = [
-        decode_record_value(m.value()) for m in _read_all(bootstrap, topics["output"], len(alerts), 60)
-    ]
+    decode = decode_record_value if command == "run" else photometry_codec.decode
+    records = [decode(m.value()) for m in _read_all(bootstrap, topics["output"], len(alerts), 60)]
     ids = [r.alert_id for r in records]
     assert sorted(ids) == sorted(a.alert_id for a in alerts), "lost or duplicated alerts"
     assert not _read_all(bootstrap, topics["dlq"], 0, 3)

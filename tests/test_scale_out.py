@@ -33,7 +33,7 @@ from streamer.records import EmbeddingRecord
 from streamer.service import Service
 from streamer.sinks.kafka import decode_record_value
 from tests.alert_factory import GeneratedAlert, expected_embedding, make_alerts
-from tests.test_outage import _produced, _wait
+from tests.test_outage import _counter, _wait
 from tests.test_service import _env, _free_port, _read_all, _run_service, committed_reader
 
 pytestmark = pytest.mark.kafka
@@ -41,6 +41,7 @@ pytestmark = pytest.mark.kafka
 PARTITIONS = 4
 WINDOW = 4
 COMPACTED = {"cleanup.policy": "compact"}
+PRODUCED = "streamer_embeddings_produced_total"
 
 
 def _publish_keyed(bootstrap: str, topic: str, alerts: list[GeneratedAlert]) -> dict[str, int]:
@@ -331,10 +332,10 @@ def test_two_replicas_one_killed_mid_run_give_the_records_of_one(
     feeder = threading.Thread(target=feed)
     try:
         start("a", ["-c", SLOW_TRANSACTIONS])
-        _wait(lambda: _produced(ports["a"]) > 0, 90, "replica a's first records")
+        _wait(lambda: _counter(ports["a"], PRODUCED) > 0, 90, "replica a's first records")
         feeder.start()
         start("b", ["-m", "streamer.cli"])
-        _wait(lambda: _produced(ports["b"]) > 0, 90, "replica b's first records")
+        _wait(lambda: _counter(ports["b"], PRODUCED) > 0, 90, "replica b's first records")
         assert feeder.is_alive(), "the stream ended before replica a could be killed mid-run"
         procs["a"].send_signal(signal.SIGKILL)
         procs["a"].wait(30)

@@ -3,6 +3,7 @@ restarts, SIGTERM drain, metrics and health, configuration errors."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -110,14 +111,19 @@ def _run_service(env: dict[str, str]) -> Service:
 
 @pytest.mark.parametrize("delivery", ["exactly-once", "at-least-once"])
 def test_outputs_equal_direct_embedding_of_expected_curves(
-    kafka_bootstrap, topics, atcat_file, delivery
+    kafka_bootstrap, topics, atcat_file, delivery, caplog
 ) -> None:
     alerts = make_alerts(n_objects=4, every=3)
     _publish(kafka_bootstrap, topics["input"], [a.data for a in alerts])
-    service = _run_service(
-        _env(kafka_bootstrap, topics, atcat_file, STREAMER_DELIVERY=delivery, STREAMER_BATCH_MAX_MESSAGES="7")
-    )
+    with caplog.at_level(logging.INFO, logger="streamer"):
+        env = _env(kafka_bootstrap, topics, atcat_file, STREAMER_DELIVERY=delivery)
+        service = _run_service({**env, "STREAMER_BATCH_MAX_MESSAGES": "7"})
     assert service.stats["alerts"] == len(alerts)
+    # The stop line is what benchmarks/e2e.py reads: counts, busy wall time and CPU time.
+    (summary,) = [r.fields for r in caplog.records if r.getMessage().startswith("stopped:")]
+    assert summary["alerts"] == len(alerts) and summary["batches"] >= len(alerts) // 7
+    assert 0 < summary["cpu_seconds"] and 0 < summary["busy_seconds"]
+    assert {"decode", "embed", "produce", "commit"} <= set(summary["stage_seconds"])
     out = _read_all(kafka_bootstrap, topics["output"], len(alerts))
     records = {}
     for msg in out:

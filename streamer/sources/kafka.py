@@ -1,23 +1,92 @@
-"""What ``streamer run`` and ``streamer repartition`` share as Kafka consumer-group members:
-start positions on assignment, caught-up detection, broker probing and lag metrics."""
+"""What ``streamer run`` and ``streamer repartition`` share as Kafka consumer-group members
+that write what they consume: start positions on assignment, consuming a micro-batch,
+writing its output and committing its offsets (one transaction, or flush then commit),
+riding out broker outages, caught-up detection, broker probing and lag metrics.
+
+A batch whose commit fails because the broker is away is never half-visible: exactly-once,
+its transaction is aborted (a new transactional producer with the same id fences the old
+one); at-least-once, flush and commit are retried. Either way the loop consumes the batch
+again from its first offsets (:class:`Rewind`) once the broker is back, for up to
+``STREAMER_BROKER_OUTAGE_S``; then the process exits 1 and a restart resumes from the
+committed offsets.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+
+from streamer.metrics import Health, ServiceMetrics
+from streamer.pipeline import Message
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
     from streamer.config import Config
-    from streamer.metrics import Health, ServiceMetrics
+    from streamer.sinks.kafka import KafkaRecordSink
 
 log = logging.getLogger("streamer")
 
 #: How often the idle loop checks that the broker answers (seconds).
 BROKER_PROBE_INTERVAL_S = 5.0
+#: Timeout of one blocking Kafka call (commit, abort, flush); a call that times out is
+#: retried, so this is how soon ``/readyz`` notices an outage mid-commit (seconds).
+KAFKA_CALL_S = 5.0
+
+#: Errors of a broker that is away or moving, after which a batch is consumed again.
+_TRANSIENT_CODES = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError._PURGE_QUEUE,
+        KafkaError._PURGE_INFLIGHT,
+    }
+)
+
+
+def kafka_error(exc: KafkaException) -> KafkaError | None:
+    """The ``KafkaError`` a ``KafkaException`` carries, if any."""
+    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+
+
+def transient(err: KafkaError) -> bool:
+    """A broker outage rather than a bad message or configuration (those end the process)."""
+    if err.fatal():
+        return False
+    return err.retriable() or err.txn_requires_abort() or err.code() in _TRANSIENT_CODES
+
+
+class Rewind(Exception):
+    """A batch could not be committed (broker away): consume again from these offsets."""
+
+    def __init__(self, offsets: list[TopicPartition]) -> None:
+        super().__init__(offsets)
+        self.offsets = offsets
+
+
+class FatalKafkaError(RuntimeError):
+    """An error the process cannot recover from (authentication, fencing, bad topic)."""
 
 
 def next_offsets(batch: list[Any]) -> list[TopicPartition]:
@@ -29,21 +98,194 @@ def next_offsets(batch: list[Any]) -> list[TopicPartition]:
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
-class ConsumerLoop:
-    """Mixin of a consumer-group member; the class sets the attributes below."""
+def source_of(msg: Any) -> str:
+    """Where a consumed message came from: ``topic/partition/offset``."""
+    return f"{msg.topic()}/{msg.partition()}/{msg.offset()}"
 
-    config: Config
-    health: Health
-    metrics: ServiceMetrics
-    _assigned: list[TopicPartition]
-    _done_partitions: set[tuple[str, int]]
-    _last_probe: float
-    stopping: bool
+
+def as_messages(batch: list[Any]) -> list[Message]:
+    """Consumed Kafka messages as the pipeline's input."""
+    return [Message(msg.value() or b"", source_of(msg)) for msg in batch]
+
+
+def dead_letters(rejections: list[Any], batch: list[Any]) -> list[tuple[Any, Any]]:
+    """Pair each rejection with its consumed message; a rejection without data (one alert
+    of a many-alert container file) dead-letters the whole message's bytes."""
+    by_source = {source_of(msg): msg for msg in batch}
+    out = []
+    for r in rejections:
+        msg = by_source[r.source.split("#", 1)[0]]
+        out.append((r if r.data else type(r)(r.reason, r.detail, r.source, msg.value() or b""), msg))
+    return out
+
+
+def first_offsets(batch: list[Any]) -> list[TopicPartition]:
+    """Each partition's first offset in a batch of messages (where to consume it again)."""
+    first: dict[tuple[str, int], int] = {}
+    for msg in batch:
+        key = (msg.topic(), msg.partition())
+        first[key] = min(first.get(key, msg.offset()), msg.offset())
+    return [TopicPartition(t, p, o) for (t, p), o in first.items()]
+
+
+class ConsumerLoop:
+    """Mixin of a consumer-group member that writes what it consumes.
+
+    The class calls :meth:`_init_loop` first, and sets ``_kafka`` once its clients exist.
+    """
+
+    _kafka: tuple[Consumer, Producer, KafkaRecordSink[Any]]
+
+    def _init_loop(self, config: Config, metrics: ServiceMetrics | None) -> None:
+        self.config = config
+        self.metrics = metrics or ServiceMetrics()
+        self.health = Health()
+        self.stopping = False
+        self.http: WSGIServer | None = None
+        self._exactly_once = config.delivery == "exactly-once"
+        self._fatal: str | None = None
+        self._delivery_error: Any = None
+        self._assigned: list[TopicPartition] = []
+        self._done_partitions: set[tuple[str, int]] = set()
+        self._last_probe = 0.0
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """SIGTERM/SIGINT handler: finish and commit the current batch, then stop."""
         log.info("stop requested: draining the current batch")
         self.stopping = True
+
+    # ------------------------------------------------------------- clients
+    def _kafka_common(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.config.bootstrap_servers,
+            "error_cb": self._on_kafka_error,
+            **self.config.kafka,
+        }
+
+    def _consumer_config(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            # Longer than a broker restart: a session that outlives an outage keeps its
+            # partitions (and, with static membership, avoids being fenced on rejoin).
+            "session.timeout.ms": 120_000,
+            **self._kafka_common(),
+            "group.id": c.group_id,
+            # Static membership: a restarted pod (same instance id) takes its
+            # partitions back at once instead of waiting out the session timeout.
+            "group.instance.id": c.instance_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": c.exit_when_caught_up or c.until_time_ms is not None,
+        }
+
+    def _new_producer(self) -> Producer:
+        conf = {**self._kafka_common(), "enable.idempotence": True, "linger.ms": 5}
+        if self._exactly_once:
+            conf["transactional.id"] = self.config.transactional_id
+        return Producer(conf)
+
+    def _subscribe(self, consumer: Consumer) -> None:
+        c = self.config
+        pattern = c.input_pattern
+        topics = [pattern if pattern.startswith("^") else f"^{pattern}"] if pattern else c.input_topics
+        consumer.subscribe(
+            topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        raise NotImplementedError
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        raise NotImplementedError
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._on_revoke(consumer, partitions)
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        code = err.code()
+        if code in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self.health.broker_reachable = False
+        if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED) or err.fatal():
+            # librdkafka's message names the mechanism, never the password.
+            self._fatal = f"Kafka: {err.str()}"
+        log.warning("kafka: %s", err.str())
+
+    def _on_delivery_error(self, err: Any) -> None:
+        self._delivery_error = err
+
+    def _init_transactions(self, producer: Producer, timeout: float = 30.0) -> None:
+        """``init_transactions`` in one-second steps (a timed-out call resumes), so that an
+        authentication failure reported meanwhile ends the start-up at once, named, instead
+        of a timeout after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                producer.init_transactions(1.0)
+                return
+            except KafkaException as exc:
+                producer.poll(0)  # serves error_cb, which records an authentication failure
+                if self._fatal:
+                    raise FatalKafkaError(self._fatal) from None
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+
+    def _replace_producer(self) -> None:
+        """After a failed commit: a new transactional producer with the same id. Its
+        ``init_transactions`` fences the old one and aborts its open transaction, whatever
+        state librdkafka left it in (a timed-out commit cannot simply be aborted)."""
+        consumer, old, sink = self._kafka
+        old.purge()
+        old.flush(0)
+        producer = self._new_producer()
+        self._kafka = (consumer, producer, sink)
+        sink.producer = producer
+        deadline = time.monotonic() + self.config.broker_outage_s
+        while True:
+            try:
+                with self.health.kafka_call():
+                    self._init_transactions(producer)
+                return
+            except KafkaException:
+                if self._fatal or self.stopping or time.monotonic() > deadline:
+                    raise
+                self.health.broker_reachable = False
+                log.warning("waiting for the broker to start a new transactional producer")
+
+    # ------------------------------------------------------------- consume
+    def _owned_partitions(self) -> set[int] | None:
+        """Partitions whose messages may be processed (``None``: any consumed one)."""
+        return None
+
+    def _consume(self, consumer: Consumer) -> list[Any]:
+        """Up to ``batch_max_messages`` messages; notes partitions at their end (or past
+        ``until``), raises :class:`FatalKafkaError` on an authorisation error."""
+        c = self.config
+        raw = consumer.consume(num_messages=c.batch_max_messages, timeout=c.batch_max_wait_s)
+        batch = []
+        owned = self._owned_partitions()
+        for m in raw:
+            err, where = m.error(), (str(m.topic()), int(m.partition() or 0))
+            if err is None and owned is not None and where[1] not in owned:
+                # Not ours (any more): its state is elsewhere, and so is its commit.
+                log.warning("skipping a message of unassigned %s[%s]", *where)
+            elif err is None:
+                if c.until_time_ms is not None and m.timestamp()[1] > c.until_time_ms:
+                    self._done_partitions.add(where)
+                    consumer.pause([TopicPartition(*where)])
+                    continue
+                batch.append(m)
+                self._done_partitions.discard(where)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                self._done_partitions.add(where)
+            elif err.fatal() or err.code() in (
+                KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                KafkaError.GROUP_AUTHORIZATION_FAILED,
+            ):
+                raise FatalKafkaError(f"Kafka: {err.str()}")
+            else:
+                log.warning("consume: %s", err.str())
+        return batch
 
     def _start_positions(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
         """Assigned partitions with the configured start (``STREAMER_START_FROM``) applied."""
@@ -56,6 +298,114 @@ class ConsumerLoop:
             partitions = consumer.offsets_for_times(query, timeout=10)
         return partitions
 
+    # -------------------------------------------------------------- commit
+    def _commit_batch(self, batch: list[Any], write: Callable[[], None]) -> float:
+        """``write`` a batch's output, then commit the batch's offsets with it.
+
+        Exactly-once: ``write`` runs inside a transaction that also carries the offsets.
+        At-least-once: the producer is flushed, then the offsets are committed. Returns
+        the ``perf_counter`` time at which ``write`` returned.
+
+        Raises
+        ------
+        Rewind
+            The broker is away: nothing of the batch became visible (exactly-once) or its
+            offsets are not committed; consume it again from the offsets given.
+        FatalKafkaError
+            A record the broker refuses for good (too large, not authorised).
+        KafkaException
+            Any other Kafka error (the transaction is aborted).
+        """
+        consumer, producer, _ = self._kafka
+        try:
+            if self._exactly_once:
+                producer.begin_transaction()
+            self._delivery_error = None
+            write()
+            written = time.perf_counter()
+            offsets = next_offsets(batch)
+            if self._exactly_once:
+                # One try each: after a failed call the transaction is aborted and the
+                # batch consumed again (retrying a failed send_offsets_to_transaction can
+                # hang in librdkafka).
+                metadata = consumer.consumer_group_metadata()
+                with self.health.kafka_call():
+                    producer.send_offsets_to_transaction(offsets, metadata, KAFKA_CALL_S)
+                    producer.commit_transaction(KAFKA_CALL_S)
+            else:
+                self._retrying(lambda: self._flush(producer))
+                self._retrying(lambda: consumer.commit(offsets=offsets, asynchronous=False))
+            return written
+        except KafkaException as exc:
+            err = kafka_error(exc)
+            failed, self._delivery_error = self._delivery_error, None
+            if isinstance(failed, KafkaError) and not transient(failed):
+                # Consuming the batch again would fail the same way, for ever.
+                self._abort(producer)
+                raise FatalKafkaError(f"Kafka: delivery failed: {failed.str()}") from exc
+            if err is None or not transient(err) or self._fatal or self.stopping:
+                self._abort(producer)
+                raise
+            if self._exactly_once:
+                self._replace_producer()
+            self._delivery_error = None  # the old producer's purged messages
+            log.warning("batch not committed (%s): consuming it again", err.str())
+            raise Rewind(first_offsets(batch)) from exc
+        except BaseException:
+            self._abort(producer)
+            raise
+
+    def _retrying(self, call: Callable[[], object]) -> None:
+        """Call; while it fails with a retriable Kafka error (the broker is away), call again.
+
+        Keeps ``/healthz`` alive and ``/readyz`` not ready meanwhile; gives up after
+        ``broker_outage_s`` (the error then goes up: the batch is consumed again).
+        """
+        deadline = time.monotonic() + self.config.broker_outage_s
+        while True:
+            try:
+                with self.health.kafka_call():
+                    call()
+                return
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if err is None or not err.retriable() or err.fatal() or time.monotonic() > deadline:
+                    raise
+                if self._fatal or self.stopping:
+                    raise
+                self.health.broker_reachable = False
+                self.health.beat()
+                log.warning("retrying: %s", err.str())
+                time.sleep(1.0)
+
+    def _flush(self, producer: Producer) -> None:
+        left = producer.flush(KAFKA_CALL_S)
+        if self._delivery_error is not None:
+            err, self._delivery_error = self._delivery_error, None
+            raise KafkaException(
+                err if isinstance(err, KafkaError) else KafkaError(KafkaError._FAIL, str(err))
+            )
+        if left:
+            raise KafkaException(
+                KafkaError(KafkaError._TIMED_OUT, f"{left} messages not yet delivered", retriable=True)
+            )
+
+    def _seek(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        assigned = {(p.topic, p.partition) for p in consumer.assignment()}
+        for tp in offsets:
+            if (tp.topic, tp.partition) in assigned:
+                self._retrying(functools.partial(consumer.seek, tp))
+
+    def _abort(self, producer: Producer) -> None:
+        """Abort the open transaction, waiting out a broker outage (up to ``broker_outage_s``)."""
+        if not self._exactly_once:
+            return
+        try:
+            self._retrying(lambda: producer.abort_transaction(KAFKA_CALL_S))
+        except KafkaException as exc:
+            log.warning("aborting the transaction: %s", exc)
+
+    # ---------------------------------------------------------------- idle
     def _caught_up(self) -> bool:
         """Every assigned partition is at its end (or past ``until``), when asked to stop there."""
         c = self.config
