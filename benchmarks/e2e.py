@@ -16,6 +16,12 @@ with realistic histories, and for each model prints, in one run:
                 and of the broker (when it is the local one) over the exactly-once run; the
                 rate the machine's cores allow at that cost, and the model's share of the
                 CPU, which bounds b/a when the model alone can keep every core busy
+  (g) 2 stages  the scale-out layout of the README: ``streamer repartition`` (exactly-once,
+                once per stream) re-publishes the alerts as compact photometry records, and
+                ``streamer run`` embeds those (exactly-once): each stage's alerts/s and CPU
+                per alert, b'/a of the embedding stage, and the replicas of each stage.
+                Both stages share this machine's cores here, in turn; deployed, they run
+                side by side on their own (--no-two-stage skips it)
 
 and the ratios b/a (target >= 0.85 on the sized models) and b/c (EOS costs at most 10%).
 The service runs ``--rounds`` times per mode (default 2), alternating which mode goes
@@ -311,32 +317,60 @@ def run_service(
     workdir: Path,
     caches: tuple[int, int] = (WINDOW_CACHE, CURVE_MEMO),
     broker_pid: int | None = None,
+    framing: str = "auto",
 ) -> ServiceRun:
+    """``streamer run`` over ``topic`` until caught up."""
     run_id = f"{model.label}-{delivery}-{time.monotonic_ns()}"
-    port = kafka_local.free_port()
-    kafka_local.create_topics(bootstrap, {f"out-{run_id}": 1, f"dlq-{run_id}": 1})
     env = {
-        **os.environ,
-        "STREAMER_BOOTSTRAP_SERVERS": bootstrap,
-        "STREAMER_INPUT_TOPICS": topic,
-        "STREAMER_OUTPUT_TOPIC": f"out-{run_id}",
-        "STREAMER_DEAD_LETTER_TOPIC": f"dlq-{run_id}",
-        "STREAMER_GROUP_ID": f"bench-{run_id}",
-        "STREAMER_INSTANCE_ID": run_id,
         "STREAMER_DELIVERY": delivery,
         "STREAMER_MODEL": model.family,
         "STREAMER_MODEL_FILE": str(model.path),
         "STREAMER_HISTORY_PATH": str(workdir / f"{run_id}.sqlite"),
-        "STREAMER_BATCH_MAX_MESSAGES": str(BATCH),
-        "STREAMER_BATCH_MAX_WAIT_S": "0.5",
         "STREAMER_WINDOW_CACHE_BYTES": str(caches[0]),
         "STREAMER_CURVE_MEMO_BYTES": str(caches[1]),
+        "STREAMER_FRAMING": framing,
+    }
+    return run_streamer("run", bootstrap, topic, f"out-{run_id}", run_id, env, broker_pid)
+
+
+def run_repartition(bootstrap: str, topic: str, broker_pid: int | None) -> tuple[str, ServiceRun]:
+    """``streamer repartition`` (exactly-once) of ``topic`` into a new photometry topic."""
+    run_id = f"repartition-{time.monotonic_ns()}"
+    target = f"photometry-{run_id}"
+    run = run_streamer("repartition", bootstrap, topic, target, run_id, {}, broker_pid)
+    return target, run
+
+
+def run_streamer(
+    command: str,
+    bootstrap: str,
+    topic: str,
+    target: str,
+    run_id: str,
+    env: dict[str, str],
+    broker_pid: int | None,
+) -> ServiceRun:
+    """Run ``streamer <command>`` from ``topic`` to ``target`` until caught up; its summary,
+    peak-RSS samples and the broker's CPU time meanwhile."""
+    port = kafka_local.free_port()
+    kafka_local.create_topics(bootstrap, {target: 1, f"dlq-{run_id}": 1})
+    env = {
+        **os.environ,
+        "STREAMER_BOOTSTRAP_SERVERS": bootstrap,
+        "STREAMER_INPUT_TOPICS": topic,
+        "STREAMER_OUTPUT_TOPIC": target,
+        "STREAMER_DEAD_LETTER_TOPIC": f"dlq-{run_id}",
+        "STREAMER_GROUP_ID": f"bench-{run_id}",
+        "STREAMER_INSTANCE_ID": run_id,
+        "STREAMER_BATCH_MAX_MESSAGES": str(BATCH),
+        "STREAMER_BATCH_MAX_WAIT_S": "0.5",
         "STREAMER_EXIT_WHEN_CAUGHT_UP": "true",
         "STREAMER_METRICS_PORT": str(port),
         "STREAMER_LOG_FORMAT": "json",
+        **env,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamer.cli", "run"], env=env, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "streamer.cli", command], env=env, stderr=subprocess.PIPE, text=True
     )
     samples: list[tuple[int, int]] = []
     broker_cpu_at_start: list[float] = []
@@ -363,7 +397,7 @@ def run_service(
     broker_cpu = _cpu_seconds(broker_pid)
     watcher.join()
     if code != 0 or summary is None:
-        raise RuntimeError(f"streamer run exited with {code}")
+        raise RuntimeError(f"streamer {command} exited with {code}")
     return ServiceRun(summary, samples, broker_cpu - broker_cpu_at_start[0] if broker_cpu_at_start else 0.0)
 
 
@@ -392,11 +426,10 @@ def report(
         f"(d) stages    {shares} of {total:.1f} s busy; wall {eos.busy:.1f} s; "
         f"main thread waited {stages.get('wait', 0):.1f} s for the model"
     )
-    rate = eos.rate("alerts")
-    night_rate = NIGHT_ALERTS / (night_hours * 3600)
+    night, burst = replicas(eos.rate("alerts"), night_hours)
     print(
-        f"(e) replicas  {math.ceil(night_rate / rate)} for 10M alerts in a {night_hours:g} h night "
-        f"({night_rate:.0f} alerts/s), {math.ceil(BURST_ALERTS / BURST_SECONDS / rate)} for "
+        f"(e) replicas  {night} for 10M alerts in a {night_hours:g} h night "
+        f"({NIGHT_ALERTS / (night_hours * 3600):.0f} alerts/s), {burst} for "
         f"{BURST_ALERTS} alerts in {BURST_SECONDS:g} s ({BURST_ALERTS / BURST_SECONDS:.0f} alerts/s)"
     )
     cpu_report(ceiling, eos)
@@ -404,6 +437,28 @@ def report(
     print(
         f"    b/a {b / a:.2f} ({verdict if model.sized else 'no target: small model'}); "
         f"b/c {b / c:.2f} ({'ok' if b / c >= 0.90 else 'EOS costs more than 10%'})"
+    )
+
+
+def replicas(rate: float, night_hours: float) -> tuple[int, int]:
+    """Replicas at ``rate`` alerts/s for 10M alerts a night and for the 10,000-alert burst."""
+    night_rate = NIGHT_ALERTS / (night_hours * 3600)
+    return math.ceil(night_rate / rate), math.ceil(BURST_ALERTS / BURST_SECONDS / rate)
+
+
+def two_stage_report(
+    ceiling: dict[str, float], repartition: ServiceRun, embed: ServiceRun, night_hours: float
+) -> None:
+    """(g): ``streamer repartition`` upstream, the service on its photometry topic."""
+    rate_r, rate_e = repartition.rate("alerts"), embed.rate("alerts")
+    cpu_r = 1e3 * repartition.summary["cpu_seconds"] / repartition.summary["alerts"]
+    cpu_e = 1e3 * embed.summary["cpu_seconds"] / embed.summary["alerts"]
+    (rn, rb), (en, eb) = replicas(rate_r, night_hours), replicas(rate_e, night_hours)
+    print(
+        f"(g) 2 stages  repartition {rate_r:.1f} alerts/s ({cpu_r:.2f} ms CPU an alert); "
+        f"streamer run on its photometry topic, EOS: {rate_e:.1f} alerts/s "
+        f"({cpu_e:.2f} ms CPU an alert), b'/a {embed.rate('embeddings') / ceiling['embeddings/s']:.2f}; "
+        f"replicas {rn} + {en} night, {rb} + {eb} burst"
     )
 
 
@@ -434,6 +489,9 @@ def main() -> int:
     parser.add_argument("--memory", type=int, nargs="?", const=100_000, default=0, metavar="N")
     parser.add_argument("--night-hours", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=2, help="service runs per mode, alternating order")
+    parser.add_argument(
+        "--no-two-stage", dest="two_stage", action="store_false", help="skip (g): repartition, then embed"
+    )
     parser.add_argument("--bootstrap", help="an existing broker (default: start the local one)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "streamer" / "bench")
     args = parser.parse_args()
@@ -456,6 +514,8 @@ def main() -> int:
                 t0 = time.perf_counter()
                 publish(bootstrap, topic, stream)
                 print(f"published in {time.perf_counter() - t0:.1f} s")
+            broker_pid = broker.pid if broker is not None else None
+            photometry: tuple[str, ServiceRun] | None = None
             for model in build_models(names, workdir):
                 print(
                     f"\n-- {model.label}: ceiling, exactly-once, at-least-once, ceiling again",
@@ -467,9 +527,7 @@ def main() -> int:
                 for r in range(args.rounds):
                     for delivery in sorted(runs, reverse=r % 2 == 1):
                         runs[delivery].append(
-                            run_service(
-                                bootstrap, topic, model, delivery, workdir, broker_pid=broker and broker.pid
-                            )
+                            run_service(bootstrap, topic, model, delivery, workdir, broker_pid=broker_pid)
                         )
                 eos, alos = (
                     max(runs[d], key=lambda run: run.rate("alerts")) for d in sorted(runs, reverse=True)
@@ -477,6 +535,19 @@ def main() -> int:
                 second = engine_ceiling(model, stream)
                 ceiling = max(first, second, key=lambda c: c["embeddings/s"])
                 report(model, ceiling, eos, alos, args.night_hours)
+                if args.two_stage:
+                    if photometry is None:
+                        photometry = run_repartition(bootstrap, topic, broker_pid)
+                    embed = run_service(
+                        bootstrap,
+                        photometry[0],
+                        model,
+                        "exactly-once",
+                        workdir,
+                        broker_pid=broker_pid,
+                        framing="photometry",
+                    )
+                    two_stage_report(ceiling, photometry[1], embed, args.night_hours)
             if args.memory:
                 memory_run(bootstrap, args.memory, args.cache, workdir)
         finally:

@@ -21,7 +21,6 @@ record comes out the same.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import time
 from typing import Any
@@ -35,7 +34,7 @@ from confluent_kafka import (
 
 from streamer.alerts import AlertDecoder
 from streamer.config import Config, ConfigError
-from streamer.metrics import ServiceMetrics, serve_http
+from streamer.metrics import ServiceMetrics
 from streamer.photometry import DecodedAlert
 from streamer.pipeline import Message, decode_messages
 from streamer.service import configure_logging
@@ -106,17 +105,8 @@ class Repartitioner(ConsumerLoop):
     def run(self, install_signals: bool = True) -> int:
         """Serve until stopped (SIGTERM/SIGINT), caught up (if asked) or a fatal error."""
         c = self.config
-        log.info("starting: %r", c)
-        if install_signals:
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
-        decoder = AlertDecoder(
-            c.framing,
-            schemaless_schema=c.schemaless_schema,
-            registry_url=c.schema_registry_url,
-            max_message_bytes=c.max_message_bytes,
-        )
-        self.http = serve_http(self.metrics, self.health, c.metrics_port)
+        self._begin(install_signals)
+        decoder = self._decoder()
         consumer, producer = Consumer(self._consumer_config()), self._new_producer()
         sink = KafkaRecordSink[DecodedAlert](
             producer,
@@ -132,9 +122,6 @@ class Repartitioner(ConsumerLoop):
                 self._init_transactions(producer)
             self._subscribe(consumer)
             while not self.stopping:
-                self.health.beat()
-                if self._fatal:
-                    raise FatalKafkaError(self._fatal)
                 batch = self._consume(consumer)
                 if batch:
                     try:
@@ -162,6 +149,8 @@ class Repartitioner(ConsumerLoop):
         for msg in batch:
             m.consumed.labels(topic=msg.topic()).inc()
         m.batch_messages.observe(len(batch))
+        if not self._span:
+            self._mark_busy()
         t0 = time.perf_counter()
         alerts, _, rejections = decode_messages(
             decoder,
@@ -171,6 +160,7 @@ class Repartitioner(ConsumerLoop):
         sink = self._kafka[2]
         t2 = self._commit_batch(batch, lambda: sink.write(alerts, dead_letters(rejections, batch)))
         t3 = time.perf_counter()
+        self._mark_busy()
         for stage, seconds in (("decode", t1 - t0), ("produce", t2 - t1), ("commit", t3 - t2)):
             m.stage_seconds.labels(stage=stage).observe(seconds)
         for alert in alerts:
@@ -198,6 +188,7 @@ class Repartitioner(ConsumerLoop):
             s["messages"],
             s["alerts"],
             s["rejected"],
+            extra={"fields": {**s, **self._busy_seconds()}},
         )
 
 

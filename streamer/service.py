@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -43,7 +42,6 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streamer.alerts import AlertDecoder
 from streamer.config import Config, ConfigError, masked
 from streamer.embedder import LightCurveEmbedder, load_model
 from streamer.history import (
@@ -55,7 +53,7 @@ from streamer.history import (
 )
 from streamer.history import changelog as history_changelog
 from streamer.history.changelog import HistoryUpdate
-from streamer.metrics import ServiceMetrics, serve_http
+from streamer.metrics import ServiceMetrics
 from streamer.pipeline import BatchOutcome, Message, Pipeline, PreparedBatch, combine_prepared
 from streamer.sinks.kafka import KafkaRecordSink, RecordEncoder
 from streamer.sources.kafka import (
@@ -156,9 +154,6 @@ class Service(ConsumerLoop):
         self._partitioned: PartitionedHistory | None = None
         #: Last changelog offset delivered per partition in the open transaction.
         self._changelog_delivered: dict[int, int] = {}
-        self._first_batch_at: float | None = None
-        self._first_batch_cpu = self._last_commit_cpu = 0.0
-        self._last_commit_at: float | None = None
         # The model runs here, overlapping the main thread's Kafka I/O, decoding and
         # history merges (onnxruntime releases the GIL while it computes).
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="embed") if config.pipeline else None
@@ -197,12 +192,7 @@ class Service(ConsumerLoop):
             history = SQLiteHistoryStore(c.history_path, max_points_per_object=c.max_points_per_object)
         else:
             history = MemoryHistoryStore(max_points_per_object=c.max_points_per_object)
-        decoder = AlertDecoder(
-            c.framing,
-            schemaless_schema=c.schemaless_schema,
-            registry_url=c.schema_registry_url,
-            max_message_bytes=c.max_message_bytes,
-        )
+        decoder = self._decoder()
         encoder = RecordEncoder(c.output_topic, c.schema_registry_url)
         consumer = Consumer(self._consumer_config())
         producer = self._new_producer()
@@ -310,12 +300,7 @@ class Service(ConsumerLoop):
     # ---------------------------------------------------------------- loop
     def run(self, install_signals: bool = True) -> int:
         """Serve until stopped (SIGTERM/SIGINT), caught up (if asked) or a fatal error."""
-        c = self.config
-        log.info("starting: %r", c)
-        if install_signals:
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
-        self.http = serve_http(self.metrics, self.health, c.metrics_port)
+        self._begin(install_signals)
         consumer, producer, pipeline, sink, history = self._build()
         try:
             if self._exactly_once:
@@ -325,9 +310,6 @@ class Service(ConsumerLoop):
             self._kafka = (consumer, producer, sink)
             self._subscribe(consumer)
             while not self.stopping:
-                self.health.beat()
-                if self._fatal:
-                    raise FatalKafkaError(self._fatal)
                 batch = self._consume(consumer)
                 started = self._start(batch, pipeline) if batch else None
                 # The previous batch's model run overlapped this batch's consume,
@@ -370,9 +352,8 @@ class Service(ConsumerLoop):
         for msg in batch:
             m.consumed.labels(topic=msg.topic()).inc()
         m.batch_messages.observe(len(batch))
-        if self._first_batch_at is None:
-            self._first_batch_at = time.perf_counter()
-            self._first_batch_cpu = time.process_time()
+        if not self._span:
+            self._mark_busy()
         updates: list[HistoryUpdate] = []
         if self._partitioned is None:
             prepared = pipeline.prepare(messages)
@@ -429,8 +410,7 @@ class Service(ConsumerLoop):
         producer = self._kafka[1]
         t2 = time.perf_counter()
         self._changelog_committed(producer, flight.history_updates)
-        self._last_commit_at = t2
-        self._last_commit_cpu = time.process_time()
+        self._mark_busy()
         seconds = dict(outcome.stage_seconds, wait=t0 - t_wait, produce=t1 - t0, commit=t2 - t1)
         self._account(flight, outcome, seconds)
 
@@ -584,11 +564,6 @@ class Service(ConsumerLoop):
         history.close()
         if self.http is not None:
             self.http.shutdown()
-        busy = (
-            self._last_commit_at - self._first_batch_at
-            if self._first_batch_at is not None and self._last_commit_at is not None
-            else 0.0
-        )
         log.info(
             "stopped: %d messages, %d alerts, %d embeddings, %d rejected",
             self.stats["messages"],
@@ -598,9 +573,7 @@ class Service(ConsumerLoop):
             extra={
                 "fields": {
                     **self.stats,
-                    "busy_seconds": round(busy, 3),
-                    # CPU time of all the process's threads (model included) over the same span
-                    "cpu_seconds": round(max(self._last_commit_cpu - self._first_batch_cpu, 0.0), 3),
+                    **self._busy_seconds(),
                     "stage_seconds": {k: round(v, 3) for k, v in self.stage_totals.items()},
                 }
             },

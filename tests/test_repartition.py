@@ -241,6 +241,10 @@ def test_sigterm_drains_the_batch_then_a_restart_completes_exactly_once(
     assert repartitioner.stats["batches"] == 1
     first = _read_all(kafka_bootstrap, topics["photometry"], 1, timeout=3)
     assert 0 < len(first) == repartitioner.stats["alerts"] < len(alerts)
+    # The stop line carries the totals and the busy span (what benchmarks/e2e.py reads).
+    (summary,) = [r.fields for r in caplog.records if r.getMessage().startswith("stopped:")]
+    assert summary["alerts"] == len(first) and summary["batches"] == 1
+    assert summary["busy_seconds"] > 0 and summary["cpu_seconds"] > 0
     # The command line picks up from the committed offsets.
     env.update(STREAMER_METRICS_PORT=str(_free_port()))
     proc = subprocess.run(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any
 
 import fastavro
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 from streamer.pipeline import Rejection
 from streamer.records import EmbeddingRecord, record_schema
 from streamer.sinks.kafka import KafkaRecordSink, RecordEncoder, decode_record_value
+from tests.registry import FakeRegistry
 
 RECORD = EmbeddingRecord(
     object_id="5000001",
@@ -55,33 +54,11 @@ def test_single_object_encoding_round_trips_and_checks_the_schema() -> None:
         decode_record_value(b"\x00" + value[1:])
 
 
-class _Registry(BaseHTTPRequestHandler):
-    registered: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).registered.append({"path": self.path, **body})
-        payload = json.dumps({"id": 42}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 def test_with_a_registry_values_use_the_confluent_wire_format() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Registry)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        encoder = RecordEncoder("embeddings", f"http://127.0.0.1:{server.server_port}")
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert _Registry.registered[0]["path"].startswith("/subjects/embeddings-value/versions")
-    assert json.loads(_Registry.registered[0]["schema"])["name"] == "EmbeddingRecord"
+    with FakeRegistry(first_id=42) as registry:
+        encoder = RecordEncoder("embeddings", registry.url)
+    assert registry.registered[0]["path"].startswith("/subjects/embeddings-value/versions")
+    assert json.loads(registry.registered[0]["schema"])["name"] == "EmbeddingRecord"
     value = encoder.encode(RECORD)
     assert value[:5] == b"\x00\x00\x00\x00\x2a"  # magic byte, schema id 42
     decoded = fastavro.schemaless_reader(io.BytesIO(value[5:]), record_schema(), None)

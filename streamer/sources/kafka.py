@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -30,7 +31,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streamer.metrics import Health, ServiceMetrics
+from streamer.alerts import AlertDecoder
+from streamer.metrics import Health, ServiceMetrics, serve_http
 from streamer.pipeline import Message
 
 if TYPE_CHECKING:
@@ -148,6 +150,25 @@ class ConsumerLoop:
         self._assigned: list[TopicPartition] = []
         self._done_partitions: set[tuple[str, int]] = set()
         self._last_probe = 0.0
+        #: (wall, CPU) clock at the first consumed batch and at the last commit.
+        self._span: list[tuple[float, float]] = []
+
+    def _begin(self, install_signals: bool) -> None:
+        """Log the configuration, take SIGTERM/SIGINT, serve ``/metrics`` and the probes."""
+        log.info("starting: %r", self.config)
+        if install_signals:
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        self.http = serve_http(self.metrics, self.health, self.config.metrics_port)
+
+    def _decoder(self) -> AlertDecoder:
+        c = self.config
+        return AlertDecoder(
+            c.framing,
+            schemaless_schema=c.schemaless_schema,
+            registry_url=c.schema_registry_url,
+            max_message_bytes=c.max_message_bytes,
+        )
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """SIGTERM/SIGINT handler: finish and commit the current batch, then stop."""
@@ -259,7 +280,11 @@ class ConsumerLoop:
 
     def _consume(self, consumer: Consumer) -> list[Any]:
         """Up to ``batch_max_messages`` messages; notes partitions at their end (or past
-        ``until``), raises :class:`FatalKafkaError` on an authorisation error."""
+        ``until``), raises :class:`FatalKafkaError` on an authorisation error or one that
+        a Kafka client reported meanwhile (authentication)."""
+        self.health.beat()
+        if self._fatal:
+            raise FatalKafkaError(self._fatal)
         c = self.config
         raw = consumer.consume(num_messages=c.batch_max_messages, timeout=c.batch_max_wait_s)
         batch = []
@@ -404,6 +429,22 @@ class ConsumerLoop:
             self._retrying(lambda: producer.abort_transaction(KAFKA_CALL_S))
         except KafkaException as exc:
             log.warning("aborting the transaction: %s", exc)
+
+    # ------------------------------------------------------------- summary
+    def _mark_busy(self) -> None:
+        """Note the clocks: at the first consumed batch, and after each commit."""
+        now = (time.perf_counter(), time.process_time())
+        if len(self._span) < 2:
+            self._span.append(now)
+        else:
+            self._span[1] = now
+
+    def _busy_seconds(self) -> dict[str, float]:
+        """Wall and CPU seconds (all threads) from the first consumed batch to the last commit."""
+        if len(self._span) < 2:
+            return {"busy_seconds": 0.0, "cpu_seconds": 0.0}
+        (w0, c0), (w1, c1) = self._span
+        return {"busy_seconds": round(w1 - w0, 3), "cpu_seconds": round(c1 - c0, 3)}
 
     # ---------------------------------------------------------------- idle
     def _caught_up(self) -> bool:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import io
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import fastavro
 import numpy as np
@@ -16,6 +13,7 @@ import pytest
 
 from streamer.alerts import AlertDecoder
 from streamer.alerts.schemas import rubin_versions
+from tests.registry import FakeRegistry
 
 #: Real alerts from the streams (copied from the project's shared samples).
 ALERT_DATA = Path(__file__).parent.parent / "data" / "alerts"
@@ -65,42 +63,8 @@ def assert_points_equal(actual: np.ndarray, expected: np.ndarray) -> None:
         np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
 
 
-class _RegistryHandler(BaseHTTPRequestHandler):
-    """Answers ``GET /schemas/ids/<id>`` like a Confluent schema registry."""
-
-    # Set per server by the fixture, which makes a subclass for each test.
-    schemas: ClassVar[dict[int, str]] = {}
-    requests: ClassVar[list[int]] = []
-
-    def do_GET(self) -> None:
-        schema_id = int(self.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1])
-        type(self).requests.append(schema_id)
-        body: dict[str, Any]
-        if schema_id in self.schemas:
-            status, body = 200, {"schema": self.schemas[schema_id]}
-        else:
-            status, body = 404, {"error_code": 40403, "message": "Schema not found"}
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def schema_registry() -> Iterator[tuple[str, dict[int, str], list[int]]]:
     """A local HTTP schema registry: (URL, schemas it serves by id, ids asked for)."""
-    handler: type[_RegistryHandler] = type("Registry", (_RegistryHandler,), {"schemas": {}, "requests": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", handler.schemas, handler.requests
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with FakeRegistry() as registry:
+        yield registry.url, registry.schemas, registry.requests
