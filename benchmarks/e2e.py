@@ -458,7 +458,8 @@ def two_stage_report(
     print(
         f"(g) 2 stages  repartition {rate_r:.1f} alerts/s ({cpu_r:.2f} ms CPU an alert); "
         f"streamer run on its photometry topic, EOS: {rate_e:.1f} alerts/s "
-        f"({cpu_e:.2f} ms CPU an alert), b'/a {embed.rate('embeddings') / ceiling['embeddings/s']:.2f}; "
+        f"({embed.summary['embeddings']} records, {cpu_e:.2f} ms CPU an alert), "
+        f"b'/a {embed.rate('embeddings') / ceiling['embeddings/s']:.2f}; "
         f"replicas {rn} + {en} night, {rb} + {eb} burst"
     )
 
