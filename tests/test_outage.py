@@ -16,10 +16,12 @@ import pytest
 
 from streamer import kafka_local
 from streamer.alerts import photometry_codec
+from streamer.history import SQLiteHistoryStore
+from streamer.history import changelog as history_changelog
 from streamer.sinks.kafka import decode_record_value
 from tests.alert_factory import make_alerts
 from tests.test_repartition import _repartition_env
-from tests.test_service import _env, _free_port, _get, _publish, _read_all
+from tests.test_service import _env, _free_port, _get, _publish, _read_all, read_changelog
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -45,7 +47,7 @@ def _wait(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("command", ["run", "repartition"])
+@pytest.mark.parametrize("command", ["run", "run-changelog", "repartition"])
 def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
     local_kafka, atcat_file, tmp_path, command
 ) -> None:
@@ -54,12 +56,16 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
     run = uuid.uuid4().hex[:8]
     topics = {"input": f"in-{run}", "output": f"out-{run}", "dlq": f"dlq-{run}"}
     kafka_local.create_topics(bootstrap, {name: 3 for name in topics.values()})
+    changelog = f"history-{run}"
+    kafka_local.create_topics(bootstrap, {changelog: 3}, config={"cleanup.policy": "compact"})
     half = len(alerts) // 2
     _publish(bootstrap, topics["input"], [a.data for a in alerts[:half]])
 
     port = _free_port()
-    if command == "run":
+    if command.startswith("run"):
         env = _env(bootstrap, topics, atcat_file, STREAMER_HISTORY_PATH=str(tmp_path / "h.sqlite"))
+        if command == "run-changelog":  # per-partition history, its changelog in the transaction
+            env["STREAMER_HISTORY_CHANGELOG_TOPIC"] = changelog
         # Counted once the batch's transaction is committed.
         progress = "streamer_embeddings_produced_total"
     else:
@@ -76,7 +82,8 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
     }
     log_path = tmp_path / f"{command}.log"
     with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", command], env=env, stderr=log)
+        argv = [sys.executable, "-m", "streamer.cli", command.split("-")[0]]
+        proc = subprocess.Popen(argv, env=env, stderr=log)
     try:
         _wait(lambda: _counter(port, progress) > 0, 90, "the first alerts")
         assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
@@ -104,8 +111,24 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
     code = proc.wait(60)
     assert code == 0, log_path.read_text()[-3000:]
 
-    decode = decode_record_value if command == "run" else photometry_codec.decode
+    decode = photometry_codec.decode if command == "repartition" else decode_record_value
     records = [decode(m.value()) for m in _read_all(bootstrap, topics["output"], len(alerts), 60)]
     ids = [r.alert_id for r in records]
     assert sorted(ids) == sorted(a.alert_id for a in alerts), "lost or duplicated alerts"
     assert not _read_all(bootstrap, topics["dlq"], 0, 3)
+    if command == "run-changelog":
+        # The changelog holds exactly each partition's stored histories: the batches whose
+        # transactions the outage aborted were written again with their re-processing.
+        latest = read_changelog(bootstrap, changelog, 3)
+        objects = set()
+        for p in range(3):
+            values = latest.get(p, {})
+            values.pop(history_changelog.POSITION_KEY, None)
+            with SQLiteHistoryStore(tmp_path / "h.sqlite" / f"{topics['input']}-{p}.sqlite") as store:
+                stored = store.export_objects(store.iter_object_ids())
+            assert {k.decode() for k in values} == set(stored)
+            for value in values.values():
+                object_id, points = history_changelog.decode_curve(value)
+                assert points.tobytes() == stored[object_id].tobytes()
+            objects |= set(stored)
+        assert objects == {a.object_id for a in alerts}

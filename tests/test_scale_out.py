@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 
 from streamer import kafka_local
@@ -34,7 +34,7 @@ from streamer.service import Service
 from streamer.sinks.kafka import decode_record_value
 from tests.alert_factory import GeneratedAlert, expected_embedding, make_alerts
 from tests.test_outage import _counter, _wait
-from tests.test_service import _env, _free_port, _read_all, _run_service, committed_reader
+from tests.test_service import _env, _free_port, _read_all, _run_service, committed_reader, read_changelog
 
 pytestmark = pytest.mark.kafka
 
@@ -78,23 +78,6 @@ def _assert_same_records(got: dict[int, EmbeddingRecord], want: dict[int, Embedd
                 np.testing.assert_allclose(other.embedding, record.embedding, rtol=0, atol=1e-6)
             elif name != "produced_at_ms":
                 assert getattr(other, name) == getattr(record, name), (alert_id, name)
-
-
-def _read_changelog(bootstrap: str, topic: str) -> dict[int, dict[bytes, bytes]]:
-    """Each partition's latest committed value per key (what compaction keeps)."""
-    consumer = committed_reader({"bootstrap.servers": bootstrap}, **{"enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-    latest: dict[int, dict[bytes, bytes]] = defaultdict(dict)
-    reading, deadline = set(range(PARTITIONS)), time.monotonic() + 30
-    while reading and time.monotonic() < deadline:
-        for msg in consumer.consume(500, 0.5):
-            if msg.error() is None:
-                latest[msg.partition()][msg.key()] = msg.value()
-            elif msg.error().code() == KafkaError._PARTITION_EOF:
-                reading.discard(msg.partition())
-    consumer.close()
-    assert not reading, f"partitions {sorted(reading)} not read to their end"
-    return latest
 
 
 def _env_of(bootstrap: str, source: str, model: Path, **extra: str) -> dict[str, str]:
@@ -150,7 +133,7 @@ def test_changelog_run_gives_the_records_of_one_store_and_holds_each_objects_his
     assert service.stats["alerts"] == len(alerts)
     # The changelog: each object's whole stored history, in its input partition's number,
     # and where each partition's history stands in the input.
-    latest = _read_changelog(kafka_bootstrap, changelog)
+    latest = read_changelog(kafka_bootstrap, changelog, PARTITIONS)
     per_partition: dict[int, int] = defaultdict(int)
     for a in alerts:
         per_partition[partition_of[a.object_id]] += 1

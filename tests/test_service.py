@@ -14,12 +14,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import generate_latest
 
@@ -68,6 +69,23 @@ def committed_reader(client: dict[str, Any], **extra: Any) -> Consumer:
             **extra,
         }
     )
+
+
+def read_changelog(bootstrap: str, topic: str, partitions: int) -> dict[int, dict[bytes, bytes]]:
+    """Each partition's latest committed value per key (what compaction keeps)."""
+    consumer = committed_reader({"bootstrap.servers": bootstrap}, **{"enable.partition.eof": True})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    latest: dict[int, dict[bytes, bytes]] = defaultdict(dict)
+    reading, deadline = set(range(partitions)), time.monotonic() + 30
+    while reading and time.monotonic() < deadline:
+        for msg in consumer.consume(500, 0.5):
+            if msg.error() is None:
+                latest[msg.partition()][msg.key()] = msg.value()
+            elif msg.error().code() == KafkaError._PARTITION_EOF:
+                reading.discard(msg.partition())
+    consumer.close()
+    assert not reading, f"partitions {sorted(reading)} not read to their end"
+    return latest
 
 
 def _read_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list:
