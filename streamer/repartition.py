@@ -36,10 +36,10 @@ from streamer.alerts import AlertDecoder
 from streamer.config import Config, ConfigError
 from streamer.metrics import ServiceMetrics
 from streamer.photometry import DecodedAlert
-from streamer.pipeline import Message, decode_messages
+from streamer.pipeline import decode_messages
 from streamer.service import configure_logging
 from streamer.sinks.kafka import KafkaRecordSink, PhotometryEncoder
-from streamer.sources.kafka import ConsumerLoop, FatalKafkaError, Rewind, dead_letters
+from streamer.sources.kafka import ConsumerLoop, FatalKafkaError, Rewind, as_messages, dead_letters
 
 log = logging.getLogger("streamer.repartition")
 
@@ -149,18 +149,14 @@ class Repartitioner(ConsumerLoop):
         for msg in batch:
             m.consumed.labels(topic=msg.topic()).inc()
         m.batch_messages.observe(len(batch))
-        if not self._span:
-            self._mark_busy()
+        self._mark_batch()
         t0 = time.perf_counter()
-        alerts, _, rejections = decode_messages(
-            decoder,
-            [Message(msg.value() or b"", f"{msg.topic()}/{msg.partition()}/{msg.offset()}") for msg in batch],
-        )
+        alerts, _, rejections = decode_messages(decoder, as_messages(batch))
         t1 = time.perf_counter()
         sink = self._kafka[2]
         t2 = self._commit_batch(batch, lambda: sink.write(alerts, dead_letters(rejections, batch)))
         t3 = time.perf_counter()
-        self._mark_busy()
+        self._mark_commit()
         for stage, seconds in (("decode", t1 - t0), ("produce", t2 - t1), ("commit", t3 - t2)):
             m.stage_seconds.labels(stage=stage).observe(seconds)
         for alert in alerts:

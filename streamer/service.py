@@ -352,8 +352,7 @@ class Service(ConsumerLoop):
         for msg in batch:
             m.consumed.labels(topic=msg.topic()).inc()
         m.batch_messages.observe(len(batch))
-        if not self._span:
-            self._mark_busy()
+        self._mark_batch()
         updates: list[HistoryUpdate] = []
         if self._partitioned is None:
             prepared = pipeline.prepare(messages)
@@ -410,7 +409,7 @@ class Service(ConsumerLoop):
         producer = self._kafka[1]
         t2 = time.perf_counter()
         self._changelog_committed(producer, flight.history_updates)
-        self._mark_busy()
+        self._mark_commit()
         seconds = dict(outcome.stage_seconds, wait=t0 - t_wait, produce=t1 - t0, commit=t2 - t1)
         self._account(flight, outcome, seconds)
 

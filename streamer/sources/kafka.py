@@ -150,8 +150,9 @@ class ConsumerLoop:
         self._assigned: list[TopicPartition] = []
         self._done_partitions: set[tuple[str, int]] = set()
         self._last_probe = 0.0
-        #: (wall, CPU) clock at the first consumed batch and at the last commit.
-        self._span: list[tuple[float, float]] = []
+        #: (wall, CPU) clocks at the first consumed batch and at the last commit.
+        self._busy_from: tuple[float, float] | None = None
+        self._busy_to: tuple[float, float] | None = None
 
     def _begin(self, install_signals: bool) -> None:
         """Log the configuration, take SIGTERM/SIGINT, serve ``/metrics`` and the probes."""
@@ -431,19 +432,20 @@ class ConsumerLoop:
             log.warning("aborting the transaction: %s", exc)
 
     # ------------------------------------------------------------- summary
-    def _mark_busy(self) -> None:
-        """Note the clocks: at the first consumed batch, and after each commit."""
-        now = (time.perf_counter(), time.process_time())
-        if len(self._span) < 2:
-            self._span.append(now)
-        else:
-            self._span[1] = now
+    def _mark_batch(self) -> None:
+        """Note the clocks at the first consumed batch (later calls change nothing)."""
+        if self._busy_from is None:
+            self._busy_from = (time.perf_counter(), time.process_time())
+
+    def _mark_commit(self) -> None:
+        """Note the clocks after a commit."""
+        self._busy_to = (time.perf_counter(), time.process_time())
 
     def _busy_seconds(self) -> dict[str, float]:
         """Wall and CPU seconds (all threads) from the first consumed batch to the last commit."""
-        if len(self._span) < 2:
+        if self._busy_from is None or self._busy_to is None:
             return {"busy_seconds": 0.0, "cpu_seconds": 0.0}
-        (w0, c0), (w1, c1) = self._span
+        (w0, c0), (w1, c1) = self._busy_from, self._busy_to
         return {"busy_seconds": round(w1 - w0, 3), "cpu_seconds": round(c1 - c0, 3)}
 
     # ---------------------------------------------------------------- idle
