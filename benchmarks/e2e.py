@@ -23,6 +23,10 @@ with realistic histories, and for each model prints, in one run:
                 each stage.
                 Both stages share this machine's cores here, in turn; deployed, they run
                 side by side on their own (--no-two-stage skips it)
+  (h) decoding  with ``--decode-processes K``: (b) again with K decoding worker processes
+      workers   (``STREAMER_DECODE_PROCESSES``), in the same alternating rounds as (b) and
+                (c), and its ratio to (b); with (g), the repartitioner with K workers too,
+                and its ratio to the one of (g)
 
 and the ratios b/a (target >= 0.85 on the sized models) and b/c (EOS costs at most 10%).
 The service runs ``--rounds`` times per mode (default 2), alternating which mode goes
@@ -45,11 +49,13 @@ to keep generating 100,000 alerts within minutes).
     python benchmarks/e2e.py                          # 20,000 alerts, all three models
     python benchmarks/e2e.py --alerts 3000 --models atcat-sized
     python benchmarks/e2e.py --models small --memory 100000
+    python benchmarks/e2e.py --models small --decode-processes 2
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import math
@@ -319,6 +325,7 @@ def run_service(
     caches: tuple[int, int] = (WINDOW_CACHE, CURVE_MEMO),
     broker_pid: int | None = None,
     framing: str = "auto",
+    decode_processes: int = 0,
 ) -> ServiceRun:
     """``streamer run`` over ``topic`` until caught up."""
     run_id = f"{model.label}-{delivery}-{time.monotonic_ns()}"
@@ -330,15 +337,19 @@ def run_service(
         "STREAMER_WINDOW_CACHE_BYTES": str(caches[0]),
         "STREAMER_CURVE_MEMO_BYTES": str(caches[1]),
         "STREAMER_FRAMING": framing,
+        "STREAMER_DECODE_PROCESSES": str(decode_processes),
     }
     return run_streamer("run", bootstrap, topic, f"out-{run_id}", run_id, env, broker_pid)
 
 
-def run_repartition(bootstrap: str, topic: str, broker_pid: int | None) -> tuple[str, ServiceRun]:
+def run_repartition(
+    bootstrap: str, topic: str, broker_pid: int | None, decode_processes: int = 0
+) -> tuple[str, ServiceRun]:
     """``streamer repartition`` (exactly-once) of ``topic`` into a new photometry topic."""
     run_id = f"repartition-{time.monotonic_ns()}"
     target = f"photometry-{run_id}"
-    run = run_streamer("repartition", bootstrap, topic, target, run_id, {}, broker_pid)
+    env = {"STREAMER_DECODE_PROCESSES": str(decode_processes)}
+    run = run_streamer("repartition", bootstrap, topic, target, run_id, env, broker_pid)
     return target, run
 
 
@@ -389,16 +400,18 @@ def run_streamer(
     watcher.start()
     assert proc.stderr is not None
     summary = None
+    last_lines: collections.deque[str] = collections.deque(maxlen=40)
     for line in proc.stderr:
+        last_lines.append(line)
         if '"stopped:' in line:
             summary = json.loads(line)
-        elif '"level": "ERROR"' in line or "Traceback" in line:
+        elif '"level": "ERROR"' in line:
             print("   ", line.rstrip(), file=sys.stderr)
     code = proc.wait()
     broker_cpu = _cpu_seconds(broker_pid)
     watcher.join()
     if code != 0 or summary is None:
-        raise RuntimeError(f"streamer {command} exited with {code}")
+        raise RuntimeError(f"streamer {command} exited with {code}; its last lines:\n" + "".join(last_lines))
     return ServiceRun(summary, samples, broker_cpu - broker_cpu_at_start[0] if broker_cpu_at_start else 0.0)
 
 
@@ -464,6 +477,31 @@ def two_stage_report(
     )
 
 
+def pool_report(
+    processes: int,
+    ceiling: dict[str, float],
+    eos: ServiceRun,
+    pooled: ServiceRun,
+    repartitions: tuple[ServiceRun, ServiceRun] | None,
+) -> None:
+    """(h): the exactly-once run, and the repartitioner, with decoding worker processes."""
+    cpu = 1e3 * pooled.summary["cpu_seconds"] / pooled.summary["alerts"]
+    line = (
+        f"(h) {processes} decoding workers: streamer run EOS {pooled.rate('alerts'):.1f} alerts/s "
+        f"({pooled.summary['embeddings']} records, {cpu:.2f} ms CPU an alert, "
+        f"{pooled.summary['decode_worker_cpu_seconds']:.1f} s in the workers), "
+        f"{pooled.rate('alerts') / eos.rate('alerts'):.2f}x (b); "
+        f"b/a {pooled.rate('embeddings') / ceiling['embeddings/s']:.2f}"
+    )
+    if repartitions is not None:
+        plain, pool = repartitions
+        line += (
+            f"; repartition {pool.rate('alerts'):.1f} alerts/s, "
+            f"{pool.rate('alerts') / plain.rate('alerts'):.2f}x (g)'s"
+        )
+    print(line)
+
+
 def cpu_report(ceiling: dict[str, float], eos: ServiceRun) -> None:
     """(f): where the CPU went, and the end-to-end rate this machine's cores allow at that cost."""
     alerts = eos.summary["alerts"]
@@ -494,6 +532,13 @@ def main() -> int:
     parser.add_argument(
         "--no-two-stage", dest="two_stage", action="store_false", help="skip (g): repartition, then embed"
     )
+    parser.add_argument(
+        "--decode-processes",
+        type=int,
+        default=0,
+        metavar="K",
+        help="(h): also run (b), and the repartitioner of (g), with K decoding worker processes",
+    )
     parser.add_argument("--bootstrap", help="an existing broker (default: start the local one)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "streamer" / "bench")
     args = parser.parse_args()
@@ -518,22 +563,32 @@ def main() -> int:
                 print(f"published in {time.perf_counter() - t0:.1f} s")
             broker_pid = broker.pid if broker is not None else None
             photometry: tuple[str, ServiceRun] | None = None
+            pooled_repartition: tuple[str, ServiceRun] | None = None
             for model in build_models(names, workdir):
                 print(
                     f"\n-- {model.label}: ceiling, exactly-once, at-least-once, ceiling again",
                     file=sys.stderr,
                 )
                 first = engine_ceiling(model, stream)
-                # Rounds alternate which mode goes first; each mode keeps its best round.
-                runs: dict[str, list[ServiceRun]] = {"exactly-once": [], "at-least-once": []}
+                # Rounds rotate which mode goes first; each mode keeps its best round.
+                modes = [("exactly-once", 0), ("at-least-once", 0)]
+                if args.decode_processes:
+                    modes.append(("exactly-once", args.decode_processes))
+                runs: dict[tuple[str, int], list[ServiceRun]] = {mode: [] for mode in modes}
                 for r in range(args.rounds):
-                    for delivery in sorted(runs, reverse=r % 2 == 1):
-                        runs[delivery].append(
-                            run_service(bootstrap, topic, model, delivery, workdir, broker_pid=broker_pid)
+                    for delivery, processes in modes[r % len(modes) :] + modes[: r % len(modes)]:
+                        runs[delivery, processes].append(
+                            run_service(
+                                bootstrap,
+                                topic,
+                                model,
+                                delivery,
+                                workdir,
+                                broker_pid=broker_pid,
+                                decode_processes=processes,
+                            )
                         )
-                eos, alos = (
-                    max(runs[d], key=lambda run: run.rate("alerts")) for d in sorted(runs, reverse=True)
-                )
+                eos, alos, *pooled = (max(runs[mode], key=lambda run: run.rate("alerts")) for mode in modes)
                 second = engine_ceiling(model, stream)
                 ceiling = max(first, second, key=lambda c: c["embeddings/s"])
                 report(model, ceiling, eos, alos, args.night_hours)
@@ -554,6 +609,17 @@ def main() -> int:
                     ]
                     best = max(embeds, key=lambda run: run.rate("alerts"))
                     two_stage_report(ceiling, photometry[1], best, args.night_hours)
+                if pooled:
+                    if args.two_stage and pooled_repartition is None:
+                        workers = args.decode_processes
+                        pooled_repartition = run_repartition(bootstrap, topic, broker_pid, workers)
+                    pool_report(
+                        args.decode_processes,
+                        ceiling,
+                        eos,
+                        pooled[0],
+                        (photometry[1], pooled_repartition[1]) if photometry and pooled_repartition else None,
+                    )
             if args.memory:
                 memory_run(bootstrap, args.memory, args.cache, workdir)
         finally:

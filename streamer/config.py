@@ -58,6 +58,7 @@ class Config:
     reduction: str = "non-overlapping-windows"
     onnx_batch_size: int | None = None
     onnx_threads: int | None = None
+    decode_processes: int = 0
     window_cache_bytes: int = 256 << 20
     curve_memo_bytes: int = 64 << 20
     coalesce: bool = False
@@ -154,6 +155,11 @@ class Config:
         for name in ("batch_max_messages", "max_points_per_object", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"STREAMER_{name.upper()}: must be at least 1, got {getattr(self, name)}")
+        if self.decode_processes < 0:
+            raise ConfigError(
+                f"STREAMER_DECODE_PROCESSES: must not be negative (0 decodes in the main process), "
+                f"got {self.decode_processes}"
+            )
         if self.dead_letter_max_bytes < 0:
             raise ConfigError(
                 f"STREAMER_DEAD_LETTER_MAX_BYTES: must not be negative, got {self.dead_letter_max_bytes}"

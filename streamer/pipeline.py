@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from streamer.embedder import LightCurveEmbedder
 from streamer.history import HistoryStore
 from streamer.photometry import DecodedAlert
 from streamer.records import EmbeddingRecord
+
+if TYPE_CHECKING:
+    from streamer.decode_pool import DecodePool
 
 CONTAINER_MAGIC = b"Obj\x01"
 
@@ -86,6 +90,8 @@ class Pipeline:
         alert. That record equals the one the newest alert gets without coalescing; the
         older alerts' records are not produced (their points are in the history, and in
         the newest alert's curve).
+    decode_pool : DecodePool or None
+        Decode in these worker processes instead of with ``decoder`` here (same result).
     """
 
     def __init__(
@@ -95,16 +101,18 @@ class Pipeline:
         embedder: LightCurveEmbedder,
         *,
         coalesce: bool = False,
+        decode_pool: DecodePool | None = None,
     ) -> None:
         self.decoder = decoder
+        self.decode_pool = decode_pool
         self.history = history
         self.embedder = embedder
         self.coalesce = coalesce
 
-    def decode(
-        self, messages: Iterable[Message]
-    ) -> tuple[list[DecodedAlert], list[Message], list[Rejection]]:
-        """:func:`decode_messages` with this pipeline's decoder."""
+    def decode(self, messages: Iterable[Message]) -> Decoded:
+        """:func:`decode_messages` with this pipeline's decoder, or its decoding workers."""
+        if self.decode_pool is not None:
+            return self.decode_pool.decode(list(messages))
         return decode_messages(self.decoder, messages)
 
     def prepare(
@@ -199,9 +207,13 @@ def newest_per_object(
     return [alerts[i] for i in keep], [origins[i] for i in keep], len(alerts) - len(keep)
 
 
-def decode_messages(
-    decoder: AlertDecoder, messages: Iterable[Message]
-) -> tuple[list[DecodedAlert], list[Message], list[Rejection]]:
+#: Decoded messages: the alerts, the message each came from, and the rejections.
+Decoded = tuple[list[DecodedAlert], list[Message], list[Rejection]]
+#: A batch's decoding: :func:`decode_messages` with a decoder, or a decoding pool's.
+DecodeMessages = Callable[[Sequence[Message]], Decoded]
+
+
+def decode_messages(decoder: AlertDecoder, messages: Iterable[Message]) -> Decoded:
     """Decode messages; a container file with several alerts yields each of them.
 
     Returns the alerts, the message each came from, and the rejections.

@@ -20,6 +20,7 @@ record comes out the same.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -32,11 +33,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from streamer.alerts import AlertDecoder
 from streamer.config import Config, ConfigError
 from streamer.metrics import ServiceMetrics
 from streamer.photometry import DecodedAlert
-from streamer.pipeline import decode_messages
+from streamer.pipeline import DecodeMessages, decode_messages
 from streamer.service import configure_logging
 from streamer.sinks.kafka import KafkaRecordSink, PhotometryEncoder
 from streamer.sources.kafka import ConsumerLoop, FatalKafkaError, Rewind, as_messages, dead_letters
@@ -107,6 +107,8 @@ class Repartitioner(ConsumerLoop):
         c = self.config
         self._begin(install_signals)
         decoder = self._decoder()
+        pool = self._start_decode_pool()
+        decode = pool.decode if pool is not None else functools.partial(decode_messages, decoder)
         consumer, producer = Consumer(self._consumer_config()), self._new_producer()
         sink = KafkaRecordSink[DecodedAlert](
             producer,
@@ -125,7 +127,7 @@ class Repartitioner(ConsumerLoop):
                 batch = self._consume(consumer)
                 if batch:
                     try:
-                        self._process(batch, decoder)
+                        self._process(batch, decode)
                     except Rewind as rewind:
                         self._seek(consumer, rewind.offsets)
                         continue
@@ -144,14 +146,14 @@ class Repartitioner(ConsumerLoop):
         finally:
             self._shutdown(consumer, self._kafka[1])
 
-    def _process(self, batch: list[Any], decoder: AlertDecoder) -> None:
+    def _process(self, batch: list[Any], decode: DecodeMessages) -> None:
         m = self.metrics
         for msg in batch:
             m.consumed.labels(topic=msg.topic()).inc()
         m.batch_messages.observe(len(batch))
         self._mark_batch()
         t0 = time.perf_counter()
-        alerts, _, rejections = decode_messages(decoder, as_messages(batch))
+        alerts, _, rejections = decode(as_messages(batch))
         t1 = time.perf_counter()
         sink = self._kafka[2]
         t2 = self._commit_batch(batch, lambda: sink.write(alerts, dead_letters(rejections, batch)))
@@ -176,6 +178,7 @@ class Repartitioner(ConsumerLoop):
         except (KafkaException, RuntimeError) as exc:
             log.warning("closing consumer: %s", exc)
         producer.flush(10)
+        self._close_decode_pool()
         if self.http is not None:
             self.http.shutdown()
         s = self.stats

@@ -205,7 +205,8 @@ class Service(ConsumerLoop):
             dead_letter_max_bytes=c.dead_letter_max_bytes,
         )
         store = history if isinstance(history, HistoryStore) else None
-        pipeline = Pipeline(decoder, store, embedder, coalesce=c.coalesce)
+        pool = self._start_decode_pool()
+        pipeline = Pipeline(decoder, store, embedder, coalesce=c.coalesce, decode_pool=pool)
         return consumer, producer, pipeline, sink, history
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -560,6 +561,7 @@ class Service(ConsumerLoop):
         producer.flush(10)
         if self._worker is not None:
             self._worker.shutdown(wait=True)
+        self._close_decode_pool()
         history.close()
         if self.http is not None:
             self.http.shutdown()

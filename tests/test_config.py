@@ -84,6 +84,7 @@ def test_kafka_properties_pass_through_and_secrets_come_from_files(tmp_path) -> 
             "STREAMER_ONNX_PROVIDERS: CUDAExecutionProvider not in this onnxruntime build",
         ),
         ({**BASE, "STREAMER_ONNX_THREADS": "0"}, "STREAMER_ONNX_THREADS: must be at least 1"),
+        ({**BASE, "STREAMER_DECODE_PROCESSES": "-1"}, "STREAMER_DECODE_PROCESSES: must not be negative"),
         ({**BASE, "STREAMER_CURVE_MEMO_BYTES": "-5"}, "STREAMER_CURVE_MEMO_BYTES: must not be negative"),
         (
             {**BASE, "STREAMER_KAFKA_SASL_PASSWORD_FILE": "/nonexistent"},

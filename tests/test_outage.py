@@ -104,6 +104,8 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
         _wait(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "ready again")
         assert proc.poll() is None
     except BaseException:
+        proc.send_signal(signal.SIGUSR1)  # every thread's stack into the log, then stop it
+        time.sleep(1)
         proc.kill()
         print(log_path.read_text()[-6000:])
         raise

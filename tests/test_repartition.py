@@ -74,11 +74,13 @@ class Repartitioned:
     poison: bytes
     topics: dict[str, str]
     repartitioner: Repartitioner
+    processes: str
 
 
-@pytest.fixture(scope="module")
-def repartitioned(kafka_bootstrap: str) -> Repartitioned:
-    """Alerts of six objects and one cut-off message, unkeyed over three partitions, repartitioned."""
+@pytest.fixture(scope="module", params=["0", "2"], ids=["main-process", "decode-processes"])
+def repartitioned(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Repartitioned:
+    """Alerts of six objects and one cut-off message, unkeyed over three partitions, repartitioned
+    (decoded in the main process, or by two worker processes)."""
     topics = _topics(kafka_bootstrap, alerts=INPUT_PARTITIONS, photometry=OUTPUT_PARTITIONS, dlq=1)
     alerts = make_alerts(n_objects=6, every=6)
     poison = alerts[0].data[:30]
@@ -91,8 +93,9 @@ def repartitioned(kafka_bootstrap: str) -> Repartitioned:
         topics["photometry"],
         topics["dlq"],
         STREAMER_BATCH_MAX_MESSAGES="9",
+        STREAMER_DECODE_PROCESSES=request.param,
     )
-    return Repartitioned(alerts, poison, topics, _repartition(env))
+    return Repartitioned(alerts, poison, topics, _repartition(env), request.param)
 
 
 @pytest.mark.kafka
@@ -142,6 +145,9 @@ def test_poison_message_goes_to_the_dead_letter_topic(
     text = generate_latest(repartitioned.repartitioner.metrics.registry).decode()
     assert 'streamer_alerts_rejected_total{reason="truncated"} 1.0' in text
     assert f'streamer_alerts_decoded_total{{survey="lsst"}} {float(len(repartitioned.alerts))}' in text
+    # With decoding workers, they decoded.
+    workers = repartitioned.repartitioner._busy_seconds()["decode_worker_cpu_seconds"]
+    assert workers > 0 if repartitioned.processes != "0" else workers == 0
 
 
 def _embed(bootstrap: str, source: str, model_file: Path, **extra: str) -> dict[int, object]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -127,20 +128,33 @@ def _run_service(env: dict[str, str]) -> Service:
     return service
 
 
-@pytest.mark.parametrize("delivery", ["exactly-once", "at-least-once"])
+@pytest.mark.parametrize(
+    "delivery, decode_processes",
+    [("exactly-once", "0"), ("at-least-once", "0"), ("exactly-once", "2")],
+    ids=["exactly-once", "at-least-once", "decode-processes"],
+)
 def test_outputs_equal_direct_embedding_of_expected_curves(
-    kafka_bootstrap, topics, atcat_file, delivery, caplog
+    kafka_bootstrap, topics, atcat_file, delivery, decode_processes, caplog
 ) -> None:
     alerts = make_alerts(n_objects=4, every=3)
     _publish(kafka_bootstrap, topics["input"], [a.data for a in alerts])
     with caplog.at_level(logging.INFO, logger="streamer"):
-        env = _env(kafka_bootstrap, topics, atcat_file, STREAMER_DELIVERY=delivery)
+        env = _env(
+            kafka_bootstrap,
+            topics,
+            atcat_file,
+            STREAMER_DELIVERY=delivery,
+            STREAMER_DECODE_PROCESSES=decode_processes,
+        )
         service = _run_service({**env, "STREAMER_BATCH_MAX_MESSAGES": "7"})
     assert service.stats["alerts"] == len(alerts)
     # The stop line is what benchmarks/e2e.py reads: counts, busy wall time and CPU time.
     (summary,) = [r.fields for r in caplog.records if r.getMessage().startswith("stopped:")]
     assert summary["alerts"] == len(alerts) and summary["batches"] >= len(alerts) // 7
     assert 0 < summary["cpu_seconds"] and 0 < summary["busy_seconds"]
+    # With decoding workers, they decoded (their CPU time is counted in cpu_seconds).
+    workers = summary["decode_worker_cpu_seconds"]
+    assert (0 < workers < summary["cpu_seconds"]) if decode_processes != "0" else workers == 0
     assert {"decode", "embed", "produce", "commit"} <= set(summary["stage_seconds"])
     out = _read_all(kafka_bootstrap, topics["output"], len(alerts))
     records = {}
@@ -156,11 +170,15 @@ def test_outputs_equal_direct_embedding_of_expected_curves(
         )
 
 
-def test_rejected_alerts_go_to_the_dead_letter_topic(kafka_bootstrap, topics, atcat_file) -> None:
+@pytest.mark.parametrize("decode_processes", ["0", "2"])
+def test_rejected_alerts_go_to_the_dead_letter_topic(
+    kafka_bootstrap, topics, atcat_file, decode_processes
+) -> None:
     alerts = make_alerts(n_objects=1, every=6)
     bad = [alerts[0].data[:30], b"\x00\x00\x00\x99\x99" + alerts[0].data[5:], os.urandom(200)]
     _publish(kafka_bootstrap, topics["input"], [a.data for a in alerts] + bad)
-    service = _run_service(_env(kafka_bootstrap, topics, atcat_file))
+    env = _env(kafka_bootstrap, topics, atcat_file, STREAMER_DECODE_PROCESSES=decode_processes)
+    service = _run_service(env)
     assert service.stats["rejected"] == 3
     dead = _read_all(kafka_bootstrap, topics["dlq"], 3)
     assert sorted(m.value() for m in dead) == sorted(bad)
@@ -255,10 +273,14 @@ def test_sigterm_drains_the_batch_then_restart_completes_exactly_once(
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and not _read_all(kafka_bootstrap, topics["output"], 1, timeout=2):
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    proc.send_signal(signal.SIGUSR1)  # prints every thread's stack, and goes on
+    time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "stop requested: draining the current batch" in err
+    stacks = err[err.index("(most recent call first)") :]
+    assert re.search(r'streamer/service\.py", line \d+ in run\n', stacks), "no stack of the main loop"
     done_first = len(_read_all(kafka_bootstrap, topics["output"], 1, timeout=5))
     assert 0 < done_first < len(alerts)
     _run_service({**_env(kafka_bootstrap, topics, atcat_file)})

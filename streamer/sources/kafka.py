@@ -13,6 +13,7 @@ committed offsets.
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import logging
 import signal
@@ -32,6 +33,7 @@ from confluent_kafka import (
 )
 
 from streamer.alerts import AlertDecoder
+from streamer.decode_pool import DecodePool
 from streamer.metrics import Health, ServiceMetrics, serve_http
 from streamer.pipeline import Message
 
@@ -153,23 +155,39 @@ class ConsumerLoop:
         #: (wall, CPU) clocks at the first consumed batch and at the last commit.
         self._busy_from: tuple[float, float] | None = None
         self._busy_to: tuple[float, float] | None = None
+        self._decode_pool: DecodePool | None = None
 
     def _begin(self, install_signals: bool) -> None:
-        """Log the configuration, take SIGTERM/SIGINT, serve ``/metrics`` and the probes."""
+        """Log the configuration, take SIGTERM/SIGINT (and SIGUSR1: print every thread's
+        stack to stderr, for a process that looks stuck), serve ``/metrics`` and the probes."""
         log.info("starting: %r", self.config)
         if install_signals:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
         self.http = serve_http(self.metrics, self.health, self.config.metrics_port)
 
-    def _decoder(self) -> AlertDecoder:
+    def _decoder_kwargs(self) -> dict[str, Any]:
         c = self.config
-        return AlertDecoder(
-            c.framing,
-            schemaless_schema=c.schemaless_schema,
-            registry_url=c.schema_registry_url,
-            max_message_bytes=c.max_message_bytes,
-        )
+        return {
+            "framing": c.framing,
+            "schemaless_schema": c.schemaless_schema,
+            "registry_url": c.schema_registry_url,
+            "max_message_bytes": c.max_message_bytes,
+        }
+
+    def _decoder(self) -> AlertDecoder:
+        return AlertDecoder(**self._decoder_kwargs())
+
+    def _start_decode_pool(self) -> DecodePool | None:
+        """The decoding worker processes (``decode_processes``), or ``None`` for none."""
+        n = self.config.decode_processes
+        self._decode_pool = DecodePool(n, self._decoder_kwargs()) if n else None
+        return self._decode_pool
+
+    def _close_decode_pool(self) -> None:
+        if self._decode_pool is not None:
+            self._decode_pool.close()
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """SIGTERM/SIGINT handler: finish and commit the current batch, then stop."""
@@ -435,18 +453,26 @@ class ConsumerLoop:
     def _mark_batch(self) -> None:
         """Note the clocks at the first consumed batch (later calls change nothing)."""
         if self._busy_from is None:
-            self._busy_from = (time.perf_counter(), time.process_time())
+            self._busy_from = (time.perf_counter(), self._cpu_clock())
 
     def _mark_commit(self) -> None:
         """Note the clocks after a commit."""
-        self._busy_to = (time.perf_counter(), time.process_time())
+        self._busy_to = (time.perf_counter(), self._cpu_clock())
+
+    def _cpu_clock(self) -> float:
+        """CPU seconds of this process's threads and of its decoding workers."""
+        pool = self._decode_pool
+        return time.process_time() + (pool.worker_cpu_seconds if pool is not None else 0.0)
 
     def _busy_seconds(self) -> dict[str, float]:
-        """Wall and CPU seconds (all threads) from the first consumed batch to the last commit."""
+        """Wall and CPU seconds (all threads, decoding workers too) from the first consumed
+        batch to the last commit, and the decoding workers' share of that CPU time."""
+        pool = self._decode_pool
+        workers = {"decode_worker_cpu_seconds": round(pool.worker_cpu_seconds if pool else 0.0, 3)}
         if self._busy_from is None or self._busy_to is None:
-            return {"busy_seconds": 0.0, "cpu_seconds": 0.0}
+            return {"busy_seconds": 0.0, "cpu_seconds": 0.0, **workers}
         (w0, c0), (w1, c1) = self._busy_from, self._busy_to
-        return {"busy_seconds": round(w1 - w0, 3), "cpu_seconds": round(c1 - c0, 3)}
+        return {"busy_seconds": round(w1 - w0, 3), "cpu_seconds": round(c1 - c0, 3), **workers}
 
     # ---------------------------------------------------------------- idle
     def _caught_up(self) -> bool:
