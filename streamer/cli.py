@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +97,13 @@ def main() -> None:
 )
 @click.option("--batch-size", type=int, default=500, show_default=True, help="Alerts per micro-batch.")
 @click.option(
+    "--decode-processes",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Decode in this many worker processes (0: in this one).",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal)."
 )
 def replay(
@@ -114,6 +122,7 @@ def replay(
     framing: str,
     schemaless_schema: str,
     batch_size: int,
+    decode_processes: int,
     progress: bool | None,
 ) -> None:
     """Embed archived alerts (directories, .avro, .avro.gz, ZTF .tar.gz) into a file.
@@ -124,6 +133,7 @@ def replay(
     from tqdm import tqdm
 
     from streamer.alerts import AlertDecoder
+    from streamer.decode_pool import DecodePool
     from streamer.embed import ModelUnavailable
     from streamer.history import MemoryHistoryStore, SQLiteHistoryStore
     from streamer.pipeline import Pipeline
@@ -141,7 +151,8 @@ def replay(
             reduction_kwargs={"rng": seed},
             batch_size=onnx_batch_size,
         )
-        decoder = AlertDecoder(framing, schemaless_schema=schemaless_schema)
+        decoder_kwargs: dict[str, Any] = {"framing": framing, "schemaless_schema": schemaless_schema}
+        decoder = AlertDecoder(**decoder_kwargs)
     except (ValueError, ModelUnavailable) as exc:
         raise click.ClickException(str(exc)) from exc
     name = model_name if model_file is None else f"{model_name}:{model_file.name}"
@@ -153,13 +164,14 @@ def replay(
     if rejects_path is None:
         rejects_path = Path("rejects.avro" if output == "-" else f"{output}.rejects.avro")
     show = sys.stderr.isatty() if progress is None else progress
-    with history, open_record_sink(output, fmt) as sink:
+    pool = DecodePool(decode_processes, decoder_kwargs) if decode_processes else None
+    with history, open_record_sink(output, fmt) as sink, pool or contextlib.nullcontext():
         rejects = RejectsFile(rejects_path)
         bar = tqdm(unit="msg", disable=not show, file=sys.stderr)
         try:
             summary = run_replay(
                 iter_archive_messages(paths),
-                Pipeline(decoder, history, LightCurveEmbedder(model, name)),
+                Pipeline(decoder, history, LightCurveEmbedder(model, name), decode_pool=pool),
                 sink,
                 rejects=rejects,
                 batch_size=batch_size,

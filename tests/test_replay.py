@@ -121,7 +121,8 @@ def test_replay_shared_ztf_and_elasticc_samples(tmp_path, astromer_file) -> None
     assert ztf["shape"][0] == len(ztf["bands"]) and ztf["shape"][1:] == [1, 1, 256]
 
 
-def test_bad_messages_are_rejected_counted_and_kept(tmp_path, atcat_file, alerts) -> None:
+@pytest.mark.parametrize("decode_processes", ["0", "2"])
+def test_bad_messages_are_rejected_counted_and_kept(tmp_path, atcat_file, alerts, decode_processes) -> None:
     archive = tmp_path / "mixed"
     archive.mkdir()
     good = alerts[:4]
@@ -133,7 +134,10 @@ def test_bad_messages_are_rejected_counted_and_kept(tmp_path, atcat_file, alerts
     out = tmp_path / "out.parquet"
     rejects = tmp_path / "rejects.avro"
     code, output = _replay(
-        [str(archive), "-o", str(out), "--model-file", str(atcat_file), "--rejects", str(rejects)]
+        [
+            *(str(archive), "-o", str(out), "--model-file", str(atcat_file), "--rejects", str(rejects)),
+            *("--decode-processes", decode_processes),
+        ]
     )
     assert code == EXIT_REJECTED, output
     assert "rejected   3" in output and "unknown_schema: 1" in output
