@@ -63,6 +63,8 @@ from streamer.sources.kafka import (
     Rewind,
     as_messages,
     dead_letters,
+    earliest,
+    first_offsets,
     kafka_error,
     transient,
 )
@@ -319,11 +321,13 @@ class Service(ConsumerLoop):
                 try:
                     self._finish_in_flight()
                 except Rewind as rewind:
-                    # A broker outage: this batch and the next are re-consumed from the
-                    # failed batch's first offsets once the broker is back.
+                    # A broker outage: the failed batch and the one consumed since are
+                    # both consumed again once the broker is back, each partition from
+                    # the first offset either batch holds of it (they can hold different
+                    # partitions).
                     self._in_flight = started
                     self._drop_in_flight()
-                    self._seek(consumer, rewind.offsets)
+                    self._seek(consumer, earliest(rewind.offsets, first_offsets(batch)))
                     continue
                 self._in_flight = started
                 if started is None:

@@ -13,15 +13,26 @@ import time
 import uuid
 
 import pytest
+from confluent_kafka import Producer
 
 from streamer import kafka_local
 from streamer.alerts import photometry_codec
 from streamer.history import SQLiteHistoryStore
 from streamer.history import changelog as history_changelog
+from streamer.service import Service
 from streamer.sinks.kafka import decode_record_value
+from streamer.sources.kafka import Rewind, first_offsets
 from tests.alert_factory import make_alerts
 from tests.test_repartition import _repartition_env
-from tests.test_service import _env, _free_port, _get, _publish, _read_all, read_changelog
+from tests.test_service import (
+    _env,
+    _free_port,
+    _get,
+    _publish,
+    _read_all,
+    _run_service,
+    read_changelog,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -134,3 +145,36 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
                 assert points.tobytes() == stored[object_id].tobytes()
             objects |= set(stored)
         assert objects == {a.object_id for a in alerts}
+
+
+def test_a_failed_commit_consumes_again_the_batch_started_since_on_other_partitions(
+    kafka_bootstrap, atcat_file, monkeypatch
+) -> None:
+    """When a commit fails (the broker away), the next batch has been consumed and started
+    already, and may hold other partitions: here each partition is exactly one batch. Both
+    are consumed again; no alert of either is lost."""
+    run = uuid.uuid4().hex[:8]
+    topics = {"input": f"in-{run}", "output": f"out-{run}", "dlq": f"dlq-{run}"}
+    kafka_local.create_topics(kafka_bootstrap, {name: 3 for name in topics.values()})
+    per_partition = 6
+    alerts = make_alerts(n_objects=6, every=2)[: 3 * per_partition]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i, a in enumerate(alerts):
+        producer.produce(topics["input"], value=a.data, partition=i // per_partition)
+    assert producer.flush(30) == 0
+    commit = Service._commit_batch
+    failed: list[set[int]] = []
+
+    def fail_once(self, batch, write):  # as _commit_batch does when the broker is away
+        if not failed:
+            failed.append({m.partition() for m in batch})
+            raise Rewind(first_offsets(batch))
+        return commit(self, batch, write)
+
+    monkeypatch.setattr(Service, "_commit_batch", fail_once)
+    env = _env(kafka_bootstrap, topics, atcat_file, STREAMER_BATCH_MAX_MESSAGES=str(per_partition))
+    service = _run_service(env)
+    assert len(failed) == 1 and len(failed[0]) == 1, "the failed batch held one partition"
+    ids = [decode_record_value(m.value()).alert_id for m in _read_all(kafka_bootstrap, topics["output"], 18)]
+    assert sorted(ids) == sorted(a.alert_id for a in alerts), "lost or duplicated alerts"
+    assert service.stats["alerts"] == len(alerts)

@@ -274,7 +274,6 @@ def test_sigterm_drains_the_batch_then_restart_completes_exactly_once(
     while time.monotonic() < deadline and not _read_all(kafka_bootstrap, topics["output"], 1, timeout=2):
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
     proc.send_signal(signal.SIGUSR1)  # prints every thread's stack, and goes on
-    time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

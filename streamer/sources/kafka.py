@@ -6,7 +6,8 @@ riding out broker outages, caught-up detection, broker probing and lag metrics.
 A batch whose commit fails because the broker is away is never half-visible: exactly-once,
 its transaction is aborted (a new transactional producer with the same id fences the old
 one); at-least-once, flush and commit are retried. Either way the loop consumes the batch
-again from its first offsets (:class:`Rewind`) once the broker is back, for up to
+again from its first offsets (:class:`Rewind`; ``streamer run`` also the batch it consumed
+since, see :func:`earliest`) once the broker is back, for up to
 ``STREAMER_BROKER_OUTAGE_S``; then the process exits 1 and a restart resumes from the
 committed offsets.
 """
@@ -130,6 +131,15 @@ def first_offsets(batch: list[Any]) -> list[TopicPartition]:
         key = (msg.topic(), msg.partition())
         first[key] = min(first.get(key, msg.offset()), msg.offset())
     return [TopicPartition(t, p, o) for (t, p), o in first.items()]
+
+
+def earliest(*offsets: list[TopicPartition]) -> list[TopicPartition]:
+    """Each partition's lowest offset over several lists of positions."""
+    low: dict[tuple[str, int], int] = {}
+    for tp in (tp for group in offsets for tp in group):
+        key = (tp.topic, tp.partition)
+        low[key] = min(low.get(key, tp.offset), tp.offset)
+    return [TopicPartition(t, p, o) for (t, p), o in low.items()]
 
 
 class ConsumerLoop:
