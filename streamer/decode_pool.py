@@ -12,7 +12,7 @@ Workers are started with ``spawn`` (never ``fork``: the parent runs librdkafka a
 onnxruntime threads) and ignore SIGINT, so Ctrl-C and SIGTERM reach only the parent, which
 finishes its batch and closes the pool. A worker that dies (killed for memory, say) breaks
 the pool: the batch is then decoded in the parent, nothing is lost, and a new pool is
-started for the next one.
+started for the next one (should that fail too, decoding stays in the parent).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class DecodePool:
         self.processes = processes
         self._decoder_kwargs = dict(decoder_kwargs)
         self._decoder = AlertDecoder(**self._decoder_kwargs)  # checks the settings here
-        self._pool = self._new_pool()
+        self._pool: ProcessPoolExecutor | None = self._new_pool()
         #: CPU seconds the workers spent decoding (they add to the process's own).
         self.worker_cpu_seconds = 0.0
         #: Times a broken pool (a worker died) was replaced.
@@ -118,14 +118,21 @@ class DecodePool:
             return [], [], []
         size = -(-len(messages) // (self.processes * CHUNKS_PER_PROCESS))
         chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
+        if self._pool is None:  # no pool could be started again
+            return decode_messages(self._decoder, messages)
         try:
             results = list(self._pool.map(_decode_chunk, chunks))
         except BrokenProcessPool as exc:
-            self.restarts += 1
             log.warning("a decoding worker died (%s): decoding this batch here, starting a new pool", exc)
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
-            return decode_messages(self._decoder, messages)
+            self._pool = None
+            here = decode_messages(self._decoder, messages)
+            self.restarts += 1
+            try:
+                self._pool = self._new_pool()
+            except BrokenProcessPool as again:
+                log.error("no new decoding pool (%s): decoding in the main process from now on", again)
+            return here
         decoded: Decoded = ([], [], [])
         sent = (one for chunk_result, _ in results for one in chunk_result)
         for message, its in zip(messages, sent, strict=True):
@@ -134,11 +141,13 @@ class DecodePool:
         return decoded
 
     def pids(self) -> list[int]:
-        """The worker processes' ids (started on the first :meth:`decode`)."""
-        return [p.pid for p in (self._pool._processes or {}).values() if p.pid is not None]
+        """The worker processes' ids."""
+        processes = self._pool._processes if self._pool is not None else None
+        return [p.pid for p in (processes or {}).values() if p.pid is not None]
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> DecodePool:
         return self

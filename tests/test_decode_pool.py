@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
@@ -72,6 +73,22 @@ def test_a_killed_worker_loses_no_alert(pool: DecodePool) -> None:
     assert pool.restarts == 1
     assert _comparable(pool.decode(batch)) == expected  # by a new pool
     assert not set(pool.pids()) & set(before)
+
+
+def test_when_no_new_pool_starts_decoding_goes_on_in_the_main_process(monkeypatch) -> None:
+    batch = _mixed_batch()
+    expected = _comparable(decode_messages(AlertDecoder(), batch))
+    with DecodePool(1, {}) as pool:
+        (pid,) = pool.pids()
+
+        def cannot_start(self: DecodePool) -> None:  # e.g. the pod's memory is full
+            raise BrokenProcessPool("no worker could be started")
+
+        monkeypatch.setattr(DecodePool, "_new_pool", cannot_start)
+        os.kill(pid, signal.SIGKILL)
+        assert _comparable(pool.decode(batch)) == expected
+        assert _comparable(pool.decode(batch)) == expected
+        assert pool.pids() == [] and pool.restarts == 1
 
 
 def test_settings_reach_the_workers() -> None:
