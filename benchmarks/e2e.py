@@ -280,6 +280,11 @@ class ServiceRun:
     def rate(self, key: str) -> float:
         return self.summary[key] / self.busy
 
+    @property
+    def cpu_ms_per_alert(self) -> float:
+        """CPU milliseconds an alert (all threads, decoding workers too) over the busy span."""
+        return 1e3 * self.summary["cpu_seconds"] / self.summary["alerts"]
+
     def peak_rss_mb_at(self, consumed: int) -> float:
         after = [hwm for n, hwm in self.rss_samples if n >= consumed]
         return (after[0] if after else self.rss_samples[-1][1]) / 1024
@@ -465,8 +470,7 @@ def two_stage_report(
 ) -> None:
     """(g): ``streamer repartition`` upstream, the service on its photometry topic."""
     rate_r, rate_e = repartition.rate("alerts"), embed.rate("alerts")
-    cpu_r = 1e3 * repartition.summary["cpu_seconds"] / repartition.summary["alerts"]
-    cpu_e = 1e3 * embed.summary["cpu_seconds"] / embed.summary["alerts"]
+    cpu_r, cpu_e = repartition.cpu_ms_per_alert, embed.cpu_ms_per_alert
     (rn, rb), (en, eb) = replicas(rate_r, night_hours), replicas(rate_e, night_hours)
     print(
         f"(g) 2 stages  repartition {rate_r:.1f} alerts/s ({cpu_r:.2f} ms CPU an alert); "
@@ -485,7 +489,7 @@ def pool_report(
     repartitions: tuple[ServiceRun, ServiceRun] | None,
 ) -> None:
     """(h): the exactly-once run, and the repartitioner, with decoding worker processes."""
-    cpu = 1e3 * pooled.summary["cpu_seconds"] / pooled.summary["alerts"]
+    cpu = pooled.cpu_ms_per_alert
     line = (
         f"(h) {processes} decoding workers: streamer run EOS {pooled.rate('alerts'):.1f} alerts/s "
         f"({pooled.summary['embeddings']} records, {cpu:.2f} ms CPU an alert, "
@@ -507,7 +511,7 @@ def cpu_report(ceiling: dict[str, float], eos: ServiceRun) -> None:
     alerts = eos.summary["alerts"]
     cores = len(os.sched_getaffinity(0))
     model = ceiling["cpu_ms/alert"]
-    service = 1e3 * eos.summary["cpu_seconds"] / alerts
+    service = eos.cpu_ms_per_alert
     broker = 1e3 * eos.broker_cpu / alerts
     bound = cores * 1e3 / (service + broker)
     print(

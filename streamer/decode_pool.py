@@ -21,7 +21,7 @@ import logging
 import multiprocessing
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -111,15 +111,15 @@ class DecodePool:
         list(pool.map(_decode_chunk, [[]] * self.processes))
         return pool
 
-    def decode(self, messages: Sequence[Message]) -> Decoded:
+    def decode(self, messages: Iterable[Message]) -> Decoded:
         """Decode ``messages`` in the workers; the result equals ``decode_messages``'s."""
         messages = list(messages)
+        if self._pool is None:  # no pool could be started again
+            return decode_messages(self._decoder, messages)
         if not messages:
             return [], [], []
         size = -(-len(messages) // (self.processes * CHUNKS_PER_PROCESS))
         chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
-        if self._pool is None:  # no pool could be started again
-            return decode_messages(self._decoder, messages)
         try:
             results = list(self._pool.map(_decode_chunk, chunks))
         except BrokenProcessPool as exc:

@@ -112,7 +112,7 @@ class Pipeline:
     def decode(self, messages: Iterable[Message]) -> Decoded:
         """:func:`decode_messages` with this pipeline's decoder, or its decoding workers."""
         if self.decode_pool is not None:
-            return self.decode_pool.decode(list(messages))
+            return self.decode_pool.decode(messages)
         return decode_messages(self.decoder, messages)
 
     def prepare(
@@ -210,7 +210,7 @@ def newest_per_object(
 #: Decoded messages: the alerts, the message each came from, and the rejections.
 Decoded = tuple[list[DecodedAlert], list[Message], list[Rejection]]
 #: A batch's decoding: :func:`decode_messages` with a decoder, or a decoding pool's.
-DecodeMessages = Callable[[Sequence[Message]], Decoded]
+DecodeMessages = Callable[[Iterable[Message]], Decoded]
 
 
 def decode_messages(decoder: AlertDecoder, messages: Iterable[Message]) -> Decoded:

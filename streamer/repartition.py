@@ -106,9 +106,8 @@ class Repartitioner(ConsumerLoop):
         """Serve until stopped (SIGTERM/SIGINT), caught up (if asked) or a fatal error."""
         c = self.config
         self._begin(install_signals)
-        decoder = self._decoder()
         pool = self._start_decode_pool()
-        decode = pool.decode if pool is not None else functools.partial(decode_messages, decoder)
+        decode = pool.decode if pool is not None else functools.partial(decode_messages, self._decoder())
         consumer, producer = Consumer(self._consumer_config()), self._new_producer()
         sink = KafkaRecordSink[DecodedAlert](
             producer,
