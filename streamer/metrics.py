@@ -57,6 +57,13 @@ class ServiceMetrics:
         self.coalesced = Counter(
             "streamer_alerts_coalesced", "Alerts whose record a newer alert of the batch replaced", registry=r
         )
+        self.failed_commits = Counter(
+            "streamer_failed_commits",
+            "Batch commits cut by a broker outage, by what the broker had done: the batch consumed"
+            " again (rewound) or found committed after all",
+            ["outcome"],
+            registry=r,
+        )
         self.lag = Gauge(
             "streamer_consumer_lag", "Messages behind the partition end", ["topic", "partition"], registry=r
         )

@@ -36,7 +36,6 @@ from typing import Any
 
 from confluent_kafka import (
     Consumer,
-    KafkaError,
     KafkaException,
     Producer,
     TopicPartition,
@@ -57,7 +56,6 @@ from streamer.metrics import ServiceMetrics
 from streamer.pipeline import BatchOutcome, Message, Pipeline, PreparedBatch, combine_prepared
 from streamer.sinks.kafka import KafkaRecordSink, RecordEncoder
 from streamer.sources.kafka import (
-    KAFKA_CALL_S,
     ConsumerLoop,
     FatalKafkaError,
     Rewind,
@@ -65,8 +63,6 @@ from streamer.sources.kafka import (
     dead_letters,
     earliest,
     first_offsets,
-    kafka_error,
-    transient,
 )
 
 log = logging.getLogger("streamer")
@@ -226,7 +222,7 @@ class Service(ConsumerLoop):
         """Bring the stores of newly assigned partitions up to date from the changelog."""
         assert self._partitioned is not None
         c = self.config
-        committed = self._committed_offsets(consumer, partitions)
+        committed = {p: o for (_, p), o in self._committed_offsets(consumer, partitions).items()}
         reader = Consumer(
             {
                 **self._kafka_common(),
@@ -263,23 +259,6 @@ class Service(ConsumerLoop):
             )
         if stats:
             self.metrics.history_restore_seconds.observe(max(s.seconds for s in stats.values()))
-
-    def _committed_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[int, int]:
-        """The group's committed offsets, once stable: while a transaction of the partitions'
-        previous owner is open (a replica killed mid-batch), the broker withholds them until
-        it is committed or aborted (``transaction.timeout.ms``)."""
-        query = [TopicPartition(p.topic, p.partition) for p in partitions]
-        deadline = time.monotonic() + self.config.broker_outage_s
-        while True:
-            try:
-                return {tp.partition: tp.offset for tp in consumer.committed(query, timeout=KAFKA_CALL_S)}
-            except KafkaException as exc:
-                err = kafka_error(exc)
-                waiting = err is not None and (err.code() == KafkaError._TIMED_OUT or transient(err))
-                if not waiting or self._fatal or time.monotonic() > deadline:
-                    raise
-                self.health.beat()
-                log.info("waiting for stable committed offsets (an open transaction of their last owner)")
 
     def _owned_partitions(self) -> set[int] | None:
         return set(self._partitioned.partitions) if self._partitioned is not None else None

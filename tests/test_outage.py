@@ -4,6 +4,7 @@ duplicated."""
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from streamer import kafka_local
 from streamer.alerts import photometry_codec
@@ -21,9 +22,9 @@ from streamer.history import SQLiteHistoryStore
 from streamer.history import changelog as history_changelog
 from streamer.service import Service
 from streamer.sinks.kafka import decode_record_value
-from streamer.sources.kafka import Rewind, first_offsets
+from streamer.sources.kafka import ConsumerLoop, Rewind, first_offsets
 from tests.alert_factory import make_alerts
-from tests.test_repartition import _repartition_env
+from tests.test_repartition import _repartition, _repartition_env
 from tests.test_service import (
     _env,
     _free_port,
@@ -61,6 +62,13 @@ def _committed_total(bootstrap: str, group: str, topic: str, partitions: int) ->
     finally:
         consumer.close()
     return sum(max(tp.offset, 0) for tp in committed)
+
+
+def _lost_and_duplicated(ids: list[int], alerts: list) -> tuple[list[int], list[int]]:
+    """The input alerts missing from the output ids, and the ids the output holds twice."""
+    counts = collections.Counter(ids)
+    lost = sorted(a.alert_id for a in alerts if a.alert_id not in counts)
+    return lost, sorted(i for i, n in counts.items() if n > 1)
 
 
 def _wait(condition, timeout: float, what: str) -> None:
@@ -144,9 +152,7 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
     decode = photometry_codec.decode if command == "repartition" else decode_record_value
     records = [decode(m.value()) for m in _read_all(bootstrap, topics["output"], len(alerts), 60)]
     ids = [r.alert_id for r in records]
-    assert sorted(ids) == sorted(a.alert_id for a in alerts), (
-        "lost or duplicated alerts\n" + log_path.read_text()[-6000:]
-    )
+    assert _lost_and_duplicated(ids, alerts) == ([], []), log_path.read_text()[-6000:]
     assert not _read_all(bootstrap, topics["dlq"], 0, 3)
     if command == "run-changelog":
         # The changelog holds exactly each partition's stored histories: the batches whose
@@ -195,5 +201,57 @@ def test_a_failed_commit_consumes_again_the_batch_started_since_on_other_partiti
     service = _run_service(env)
     assert len(failed) == 1 and len(failed[0]) == 1, "the failed batch held one partition"
     ids = [decode_record_value(m.value()).alert_id for m in _read_all(kafka_bootstrap, topics["output"], 18)]
-    assert sorted(ids) == sorted(a.alert_id for a in alerts), "lost or duplicated alerts"
+    assert _lost_and_duplicated(ids, alerts) == ([], [])
     assert service.stats["alerts"] == len(alerts)
+
+
+class _CommitReplyLost:
+    """A transactional producer whose first commit reaches the broker and is applied, but
+    whose reply is lost, as when the broker stops right after it: the client sees a
+    transport error and cannot tell whether the batch is committed."""
+
+    def __init__(self, producer: Producer, lost: list[bool]) -> None:
+        self._producer = producer
+        self._lost = lost
+
+    def __getattr__(self, name: str):
+        return getattr(self._producer, name)
+
+    def commit_transaction(self, *args) -> None:
+        self._producer.commit_transaction(*args)
+        if not self._lost:
+            self._lost.append(True)
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "reply lost", retriable=True))
+
+
+@pytest.mark.parametrize("command", ["run", "repartition"])
+def test_a_commit_whose_reply_is_lost_is_not_written_twice(
+    kafka_bootstrap, atcat_file, monkeypatch, command
+) -> None:
+    """A commit the broker applied but whose reply never came: the batch's committed offsets
+    show it went through, so it is neither consumed nor written again."""
+    run = uuid.uuid4().hex[:8]
+    topics = {"input": f"in-{run}", "output": f"out-{run}", "dlq": f"dlq-{run}"}
+    kafka_local.create_topics(kafka_bootstrap, {name: 3 for name in topics.values()})
+    alerts = make_alerts(n_objects=6, every=2)
+    _publish(kafka_bootstrap, topics["input"], [a.data for a in alerts])
+    new_producer = ConsumerLoop._new_producer
+    lost: list[bool] = []
+    monkeypatch.setattr(
+        ConsumerLoop, "_new_producer", lambda self: _CommitReplyLost(new_producer(self), lost)
+    )
+    extra = {"STREAMER_BATCH_MAX_MESSAGES": "10"}
+    if command == "run":
+        loop: ConsumerLoop = _run_service(_env(kafka_bootstrap, topics, atcat_file, **extra))
+        decode = decode_record_value
+    else:
+        loop = _repartition(
+            _repartition_env(kafka_bootstrap, topics["input"], topics["output"], topics["dlq"], **extra)
+        )
+        decode = photometry_codec.decode
+    assert lost, "no commit reply was lost"
+    ids = [decode(m.value()).alert_id for m in _read_all(kafka_bootstrap, topics["output"], len(alerts))]
+    assert _lost_and_duplicated(ids, alerts) == ([], [])
+    registry = loop.metrics.registry
+    assert registry.get_sample_value("streamer_failed_commits_total", {"outcome": "committed"}) == 1
+    assert registry.get_sample_value("streamer_failed_commits_total", {"outcome": "rewound"}) is None

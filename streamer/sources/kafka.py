@@ -4,8 +4,10 @@ writing its output and committing its offsets (one transaction, or flush then co
 riding out broker outages, caught-up detection, broker probing and lag metrics.
 
 A batch whose commit fails because the broker is away is never half-visible: exactly-once,
-its transaction is aborted (a new transactional producer with the same id fences the old
-one); at-least-once, flush and commit are retried. Either way the loop consumes the batch
+its transaction is completed by a new transactional producer with the same id, which fences
+the old one; the group's committed offsets, part of the transaction, then tell whether the
+commit went through before the outage cut its reply (the batch is done) or not. At-least-once,
+flush and commit are retried. A batch not committed is consumed
 again from its first offsets (:class:`Rewind`; ``streamer run`` also the batch it consumed
 since, see :func:`earliest`) once the broker is back, for up to
 ``STREAMER_BROKER_OUTAGE_S``; then the process exits 1 and a restart resumes from the
@@ -371,6 +373,7 @@ class ConsumerLoop:
             Any other Kafka error (the transaction is aborted).
         """
         consumer, producer, _ = self._kafka
+        written = 0.0
         try:
             if self._exactly_once:
                 producer.begin_transaction()
@@ -402,12 +405,48 @@ class ConsumerLoop:
                 raise
             if self._exactly_once:
                 self._replace_producer()
-            self._delivery_error = None  # the old producer's purged messages
+                self._delivery_error = None  # the old producer's purged messages
+                # The new producer's init_transactions completed the old transaction one
+                # way or the other. A commit whose reply the outage lost may have gone
+                # through: the batch's offsets, committed with it, tell.
+                if self._committed_through(consumer, batch):
+                    log.warning("batch committed after all (%s): not consuming it again", err.str())
+                    self.metrics.failed_commits.labels(outcome="committed").inc()
+                    return written or time.perf_counter()
+            self._delivery_error = None
+            self.metrics.failed_commits.labels(outcome="rewound").inc()
             log.warning("batch not committed (%s): consuming it again", err.str())
             raise Rewind(first_offsets(batch)) from exc
         except BaseException:
             self._abort(producer)
             raise
+
+    def _committed_through(self, consumer: Consumer, batch: list[Any]) -> bool:
+        """Whether the group's committed offsets already cover every message of ``batch``."""
+        wanted = next_offsets(batch)
+        committed = self._committed_offsets(consumer, wanted)
+        return all(committed.get((tp.topic, tp.partition), -1) >= tp.offset for tp in wanted)
+
+    def _committed_offsets(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> dict[tuple[str, int], int]:
+        """The group's committed offsets (negative: none), once stable: while a transaction
+        that carries offsets of these partitions is open (a replica killed mid-batch, a
+        commit cut by an outage), the broker withholds them until it is committed or
+        aborted. Waits out a broker outage for up to ``broker_outage_s``."""
+        query = [TopicPartition(p.topic, p.partition) for p in partitions]
+        deadline = time.monotonic() + self.config.broker_outage_s
+        while True:
+            try:
+                found = consumer.committed(query, timeout=KAFKA_CALL_S)
+                return {(tp.topic, tp.partition): tp.offset for tp in found}
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                waiting = err is not None and (err.code() == KafkaError._TIMED_OUT or transient(err))
+                if not waiting or self._fatal or time.monotonic() > deadline:
+                    raise
+                self.health.beat()
+                log.info("waiting for stable committed offsets (an open transaction)")
 
     def _retrying(self, call: Callable[[], object]) -> None:
         """Call; while it fails with a retriable Kafka error (the broker is away), call again.
