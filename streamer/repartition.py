@@ -98,6 +98,7 @@ class Repartitioner(ConsumerLoop):
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Each batch is committed before the next consume(): nothing is in flight here.
         consumer.unassign()
+        self._forget_rewound(partitions)
         self._assigned = []
         self.health.assigned = False
 
@@ -128,7 +129,7 @@ class Repartitioner(ConsumerLoop):
                     try:
                         self._process(batch, decode)
                     except Rewind as rewind:
-                        self._seek(consumer, rewind.offsets)
+                        self._rewind(consumer, rewind.offsets)
                         continue
                     self.health.broker_reachable = True
                 else:

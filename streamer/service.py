@@ -268,6 +268,7 @@ class Service(ConsumerLoop):
         # flight is written and committed before its partitions go.
         self._finish_quietly()
         consumer.unassign()
+        self._forget_rewound(partitions)
         if self._partitioned is not None:
             self._partitioned.revoke(p.partition for p in partitions)
         self._assigned = []
@@ -306,7 +307,7 @@ class Service(ConsumerLoop):
                     # partitions).
                     self._in_flight = started
                     self._drop_in_flight()
-                    self._seek(consumer, earliest(rewind.offsets, first_offsets(batch)))
+                    self._rewind(consumer, earliest(rewind.offsets, first_offsets(batch)))
                     continue
                 self._in_flight = started
                 if started is None:

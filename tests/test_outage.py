@@ -205,40 +205,55 @@ def test_a_failed_commit_consumes_again_the_batch_started_since_on_other_partiti
     assert service.stats["alerts"] == len(alerts)
 
 
-class _CommitReplyLost:
-    """A transactional producer whose first commit reaches the broker and is applied, but
-    whose reply is lost, as when the broker stops right after it: the client sees a
-    transport error and cannot tell whether the batch is committed."""
+class _CutCommit:
+    """A transactional producer whose first commit a broker outage cuts. ``applied``: the
+    broker got and applied it, only the reply was lost (it stopped right after), so the
+    client cannot tell that the batch is committed; otherwise the offsets never reached it.
+    Records the offsets of every ``send_offsets_to_transaction``, ``[offsets, succeeded]``."""
 
-    def __init__(self, producer: Producer, lost: list[bool]) -> None:
+    def __init__(self, producer: Producer, applied: bool, state: dict) -> None:
         self._producer = producer
-        self._lost = lost
+        self._applied = applied
+        self._state = state
 
     def __getattr__(self, name: str):
         return getattr(self._producer, name)
 
+    def _cut(self) -> KafkaException:
+        self._state["cut"] = True
+        return KafkaException(KafkaError(KafkaError._TRANSPORT, "connection cut", retriable=True))
+
+    def send_offsets_to_transaction(self, offsets, *args) -> None:
+        sent = [{(tp.topic, tp.partition): tp.offset for tp in offsets}, False]
+        self._state["sent"].append(sent)
+        if not self._applied and not self._state["cut"]:
+            raise self._cut()
+        self._producer.send_offsets_to_transaction(offsets, *args)
+        sent[1] = True
+
     def commit_transaction(self, *args) -> None:
         self._producer.commit_transaction(*args)
-        if not self._lost:
-            self._lost.append(True)
-            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "reply lost", retriable=True))
+        if self._applied and not self._state["cut"]:
+            raise self._cut()
 
 
+@pytest.mark.parametrize("applied", [True, False], ids=["reply-lost", "not-applied"])
 @pytest.mark.parametrize("command", ["run", "repartition"])
-def test_a_commit_whose_reply_is_lost_is_not_written_twice(
-    kafka_bootstrap, atcat_file, monkeypatch, command
+def test_a_commit_cut_by_an_outage_is_written_exactly_once(
+    kafka_bootstrap, atcat_file, monkeypatch, command, applied
 ) -> None:
-    """A commit the broker applied but whose reply never came: the batch's committed offsets
-    show it went through, so it is neither consumed nor written again."""
+    """A cut commit the broker applied (its reply lost) is found committed, by the batch's
+    committed offsets, and neither consumed nor written again; one it never got is consumed
+    again, and the next transaction commits every partition of the cut batch as well."""
     run = uuid.uuid4().hex[:8]
     topics = {"input": f"in-{run}", "output": f"out-{run}", "dlq": f"dlq-{run}"}
     kafka_local.create_topics(kafka_bootstrap, {name: 3 for name in topics.values()})
     alerts = make_alerts(n_objects=6, every=2)
     _publish(kafka_bootstrap, topics["input"], [a.data for a in alerts])
     new_producer = ConsumerLoop._new_producer
-    lost: list[bool] = []
+    state: dict = {"cut": False, "sent": []}
     monkeypatch.setattr(
-        ConsumerLoop, "_new_producer", lambda self: _CommitReplyLost(new_producer(self), lost)
+        ConsumerLoop, "_new_producer", lambda self: _CutCommit(new_producer(self), applied, state)
     )
     extra = {"STREAMER_BATCH_MAX_MESSAGES": "10"}
     if command == "run":
@@ -249,9 +264,16 @@ def test_a_commit_whose_reply_is_lost_is_not_written_twice(
             _repartition_env(kafka_bootstrap, topics["input"], topics["output"], topics["dlq"], **extra)
         )
         decode = photometry_codec.decode
-    assert lost, "no commit reply was lost"
+    assert state["cut"], "no commit was cut"
     ids = [decode(m.value()).alert_id for m in _read_all(kafka_bootstrap, topics["output"], len(alerts))]
     assert _lost_and_duplicated(ids, alerts) == ([], [])
     registry = loop.metrics.registry
-    assert registry.get_sample_value("streamer_failed_commits_total", {"outcome": "committed"}) == 1
-    assert registry.get_sample_value("streamer_failed_commits_total", {"outcome": "rewound"}) is None
+    outcome = "committed" if applied else "rewound"
+    assert registry.get_sample_value("streamer_failed_commits_total", {"outcome": outcome}) == 1
+    assert registry.get_sample_value("streamer_failed_commits_total", {"outcome": "rewound"}) == (
+        None if applied else 1
+    )
+    if not applied:
+        cut = next(i for i, (_, ok) in enumerate(state["sent"]) if not ok)
+        after = next(offsets for offsets, ok in state["sent"][cut + 1 :] if ok)
+        assert set(state["sent"][cut][0]) <= set(after), "a partition of the cut batch left out"

@@ -53,6 +53,9 @@ BROKER_PROBE_INTERVAL_S = 5.0
 #: Timeout of one blocking Kafka call (commit, abort, flush); a call that times out is
 #: retried, so this is how soon ``/readyz`` notices an outage mid-commit (seconds).
 KAFKA_CALL_S = 5.0
+#: How long, after a commit cut by an outage, to wait for the batch's committed offsets to
+#: tell whether it went through (seconds); beyond, it is consumed again.
+COMMITTED_CHECK_S = 15.0
 
 #: Errors of a broker that is away or moving, after which a batch is consumed again.
 _TRANSIENT_CODES = frozenset(
@@ -168,6 +171,9 @@ class ConsumerLoop:
         self._busy_from: tuple[float, float] | None = None
         self._busy_to: tuple[float, float] | None = None
         self._decode_pool: DecodePool | None = None
+        #: Exactly-once, after a rewind: the positions sought back to, committed again with
+        #: the next transaction (see :meth:`_rewind`).
+        self._rewound: dict[tuple[str, int], int] = {}
 
     def _begin(self, install_signals: bool) -> None:
         """Log the configuration, take SIGTERM/SIGINT (and SIGUSR1: print every thread's
@@ -382,6 +388,7 @@ class ConsumerLoop:
             written = time.perf_counter()
             offsets = next_offsets(batch)
             if self._exactly_once:
+                offsets = self._with_rewound(consumer, offsets)
                 # One try each: after a failed call the transaction is aborted and the
                 # batch consumed again (retrying a failed send_offsets_to_transaction can
                 # hang in librdkafka).
@@ -389,6 +396,7 @@ class ConsumerLoop:
                 with self.health.kafka_call():
                     producer.send_offsets_to_transaction(offsets, metadata, KAFKA_CALL_S)
                     producer.commit_transaction(KAFKA_CALL_S)
+                self._rewound = {}
             else:
                 self._retrying(lambda: self._flush(producer))
                 self._retrying(lambda: consumer.commit(offsets=offsets, asynchronous=False))
@@ -422,20 +430,30 @@ class ConsumerLoop:
             raise
 
     def _committed_through(self, consumer: Consumer, batch: list[Any]) -> bool:
-        """Whether the group's committed offsets already cover every message of ``batch``."""
+        """Whether the group's committed offsets already cover every message of ``batch``.
+
+        ``False`` too when they stay unstable for :data:`COMMITTED_CHECK_S`: an offset
+        commit of the fenced producer that reached the broker after its transaction was
+        aborted stays pending until this producer's next transaction clears it (the batch is
+        then consumed again, as without the check).
+        """
         wanted = next_offsets(batch)
-        committed = self._committed_offsets(consumer, wanted)
+        try:
+            committed = self._committed_offsets(consumer, wanted, wait_s=COMMITTED_CHECK_S)
+        except KafkaException as exc:
+            log.warning("committed offsets unknown (%s)", exc)
+            return False
         return all(committed.get((tp.topic, tp.partition), -1) >= tp.offset for tp in wanted)
 
     def _committed_offsets(
-        self, consumer: Consumer, partitions: list[TopicPartition]
+        self, consumer: Consumer, partitions: list[TopicPartition], wait_s: float | None = None
     ) -> dict[tuple[str, int], int]:
         """The group's committed offsets (negative: none), once stable: while a transaction
-        that carries offsets of these partitions is open (a replica killed mid-batch, a
-        commit cut by an outage), the broker withholds them until it is committed or
-        aborted. Waits out a broker outage for up to ``broker_outage_s``."""
+        that carries offsets of these partitions is open (a replica killed mid-batch), the
+        broker withholds them until it is committed or aborted. Waits out a broker outage
+        and unstable offsets for up to ``wait_s`` (default ``broker_outage_s``)."""
         query = [TopicPartition(p.topic, p.partition) for p in partitions]
-        deadline = time.monotonic() + self.config.broker_outage_s
+        deadline = time.monotonic() + (self.config.broker_outage_s if wait_s is None else wait_s)
         while True:
             try:
                 found = consumer.committed(query, timeout=KAFKA_CALL_S)
@@ -483,11 +501,43 @@ class ConsumerLoop:
                 KafkaError(KafkaError._TIMED_OUT, f"{left} messages not yet delivered", retriable=True)
             )
 
-    def _seek(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+    def _rewind(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+        """Seek the assigned partitions among ``offsets`` back, to consume them again.
+
+        Exactly-once, the positions are also committed with the next transaction, each
+        partition's unless that transaction's batch moves it further. An offset commit
+        that the fenced producer sent before the outage can reach the broker after its
+        transaction was aborted; it then stays pending, and the next commit of this
+        transactional id (the same producer id) would make it the group's committed offset
+        with its own, though its records were aborted: the alerts of a partition that the
+        next batch does not hold would be skipped. Committing every rewound position in
+        that transaction overwrites such an offset with the true one.
+        """
         assigned = {(p.topic, p.partition) for p in consumer.assignment()}
         for tp in offsets:
             if (tp.topic, tp.partition) in assigned:
                 self._retrying(functools.partial(consumer.seek, tp))
+                if self._exactly_once:
+                    key = (tp.topic, tp.partition)
+                    self._rewound[key] = min(self._rewound.get(key, tp.offset), tp.offset)
+
+    def _forget_rewound(self, partitions: list[TopicPartition]) -> None:
+        """Revoked partitions: their positions are no longer this member's to commit."""
+        for tp in partitions:
+            self._rewound.pop((tp.topic, tp.partition), None)
+
+    def _with_rewound(self, consumer: Consumer, offsets: list[TopicPartition]) -> list[TopicPartition]:
+        """A batch's offsets to commit, and the positions of the last rewind (see
+        :meth:`_rewind`) of the still assigned partitions the batch does not hold."""
+        if not self._rewound:
+            return offsets
+        assigned = {(p.topic, p.partition) for p in consumer.assignment()}
+        moved = {(tp.topic, tp.partition) for tp in offsets}
+        return offsets + [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in self._rewound.items()
+            if (topic, partition) in assigned and (topic, partition) not in moved
+        ]
 
     def _abort(self, producer: Producer) -> None:
         """Abort the open transaction, waiting out a broker outage (up to ``broker_outage_s``)."""

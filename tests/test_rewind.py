@@ -1,0 +1,131 @@
+"""After a commit cut by a broker outage: which offsets the loop seeks back to and commits
+with its next transaction, and how long it waits to learn whether the cut commit went
+through. Kafka clients are stood in for by recorders here; ``tests/test_outage.py`` runs the
+same paths against a real broker."""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from streamer.config import Config
+from streamer.sources import kafka as kafka_source
+from streamer.sources.kafka import ConsumerLoop
+
+
+class _Loop(ConsumerLoop):
+    def __init__(self, delivery: str = "exactly-once") -> None:
+        env = {
+            "STREAMER_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+            "STREAMER_INPUT_TOPICS": "in",
+            "STREAMER_OUTPUT_TOPIC": "out",
+            "STREAMER_DELIVERY": delivery,
+        }
+        self._init_loop(Config.load(env), None)
+
+
+class _Consumer:
+    """Records seeks; ``committed`` answers from ``stored`` or raises ``error``."""
+
+    def __init__(self, assigned: list[tuple[str, int]], stored: dict[tuple[str, int], int] | None = None):
+        self.assigned = [TopicPartition(t, p) for t, p in assigned]
+        self.stored = stored or {}
+        self.error: KafkaError | None = None
+        self.seeks: list[tuple[str, int, int]] = []
+
+    def assignment(self) -> list[TopicPartition]:
+        return self.assigned
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        if self.error is not None:
+            raise KafkaException(self.error)
+        return [
+            TopicPartition(p.topic, p.partition, self.stored.get((p.topic, p.partition), -1001))
+            for p in partitions
+        ]
+
+
+class _Message:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._at = (topic, partition, offset)
+
+    def topic(self) -> str:
+        return self._at[0]
+
+    def partition(self) -> int:
+        return self._at[1]
+
+    def offset(self) -> int:
+        return self._at[2]
+
+
+def _offsets(tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
+    return {(tp.topic, tp.partition): tp.offset for tp in tps}
+
+
+def test_the_commit_after_a_rewind_also_commits_the_rewound_partitions_the_batch_lacks() -> None:
+    """Partitions 0 and 1 are sought back to 10 and 40; the next batch holds only partition
+    0 (moved to 25): its commit carries 0 at 25 and 1 at 40, and the commit after it only
+    its own batch's offsets. A partition no longer assigned is never committed."""
+    loop = _Loop()
+    consumer = _Consumer([("in", 0), ("in", 1)])
+    loop._rewind(
+        consumer, [TopicPartition("in", 0, 10), TopicPartition("in", 1, 40), TopicPartition("in", 2, 7)]
+    )
+    assert consumer.seeks == [("in", 0, 10), ("in", 1, 40)]
+    first = loop._with_rewound(consumer, [TopicPartition("in", 0, 25)])
+    assert _offsets(first) == {("in", 0): 25, ("in", 1): 40}
+
+    loop._rewound = {}  # as _commit_batch does once that transaction is committed
+    assert _offsets(loop._with_rewound(consumer, [TopicPartition("in", 0, 30)])) == {("in", 0): 30}
+
+
+def test_a_second_rewind_before_any_commit_keeps_the_lowest_position_and_revoking_forgets() -> None:
+    loop = _Loop()
+    consumer = _Consumer([("in", 0), ("in", 1)])
+    loop._rewind(consumer, [TopicPartition("in", 0, 10), TopicPartition("in", 1, 40)])
+    loop._rewind(consumer, [TopicPartition("in", 0, 12)])
+    assert _offsets(loop._with_rewound(consumer, [])) == {("in", 0): 10, ("in", 1): 40}
+    loop._forget_rewound([TopicPartition("in", 1)])
+    assert _offsets(loop._with_rewound(consumer, [])) == {("in", 0): 10}
+
+
+def test_at_least_once_commits_only_the_batch_after_a_rewind() -> None:
+    loop = _Loop("at-least-once")
+    consumer = _Consumer([("in", 0), ("in", 1)])
+    loop._rewind(consumer, [TopicPartition("in", 0, 10), TopicPartition("in", 1, 40)])
+    assert consumer.seeks == [("in", 0, 10), ("in", 1, 40)]
+    assert _offsets(loop._with_rewound(consumer, [TopicPartition("in", 0, 25)])) == {("in", 0): 25}
+
+
+def test_a_cut_commit_counts_as_done_only_when_the_committed_offsets_cover_its_batch() -> None:
+    loop = _Loop()
+    batch = [_Message("in", 0, 5), _Message("in", 0, 6), _Message("in", 1, 9)]
+    assert loop._committed_through(_Consumer([], {("in", 0): 7, ("in", 1): 10}), batch)
+    assert not loop._committed_through(_Consumer([], {("in", 0): 7, ("in", 1): 9}), batch)
+    assert not loop._committed_through(_Consumer([], {("in", 0): 7}), batch)
+
+
+def test_committed_offsets_that_stay_unknown_mean_consuming_again_after_a_bounded_wait(monkeypatch) -> None:
+    """Offsets that stay unstable (or a coordinator that does not answer) do not hold the
+    loop for ``broker_outage_s``: after ``COMMITTED_CHECK_S`` the batch is consumed again."""
+    monkeypatch.setattr(kafka_source, "COMMITTED_CHECK_S", 0.5)
+    monkeypatch.setattr(kafka_source, "KAFKA_CALL_S", 0.1)
+    loop = _Loop()
+    assert loop.config.broker_outage_s > 60
+    consumer = _Consumer([], {("in", 0): 7})
+    consumer.error = KafkaError(KafkaError._TIMED_OUT, "unstable offsets")
+    started = time.monotonic()
+    assert not loop._committed_through(consumer, [_Message("in", 0, 5)])
+    assert time.monotonic() - started < 5
+
+
+def test_a_committed_offsets_error_that_is_no_outage_also_means_consuming_again() -> None:
+    loop = _Loop()
+    consumer = _Consumer([])
+    consumer.error = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED)
+    assert not loop._committed_through(consumer, [_Message("in", 0, 5)])
