@@ -129,3 +129,49 @@ def test_a_committed_offsets_error_that_is_no_outage_also_means_consuming_again(
     consumer = _Consumer([])
     consumer.error = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED)
     assert not loop._committed_through(consumer, [_Message("in", 0, 5)])
+
+
+class _Producer:
+    """Records the offsets sent with each transaction; its first commit is cut after the
+    broker applied it (the reply lost)."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[tuple[str, int], int]] = []
+        self.cut = False
+
+    def begin_transaction(self) -> None:
+        pass
+
+    def send_offsets_to_transaction(
+        self, offsets: list[TopicPartition], metadata: object, timeout: float
+    ) -> None:
+        self.sent.append(_offsets(offsets))
+
+    def commit_transaction(self, timeout: float) -> None:
+        if not self.cut:
+            self.cut = True
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "reply lost", retriable=True))
+
+
+def test_a_cut_commit_found_committed_also_ends_the_rewind(monkeypatch) -> None:
+    """After a rewind (partitions 0 and 1 sought back to 10 and 40), the next batch moves
+    both and its commit is cut but applied: the batch counts as done, and the transaction
+    after it, holding partition 0 only, does not commit partition 1 back to 40."""
+    loop = _Loop()
+    consumer = _Consumer([("in", 0), ("in", 1)])
+    consumer.consumer_group_metadata = lambda: None  # type: ignore[attr-defined]
+    producer = _Producer()
+    loop._kafka = (consumer, producer, None)  # type: ignore[assignment]
+    monkeypatch.setattr(_Loop, "_replace_producer", lambda self: None)
+    loop._rewind(consumer, [TopicPartition("in", 0, 10), TopicPartition("in", 1, 40)])
+
+    consumer.stored = {("in", 0): 13, ("in", 1): 42}  # what the applied transaction committed
+    batch = [_Message("in", p, o) for p, o in ((0, 10), (0, 11), (0, 12), (1, 40), (1, 41))]
+    loop._commit_batch(batch, lambda: None)
+    assert producer.sent == [{("in", 0): 13, ("in", 1): 42}]
+    assert (
+        loop.metrics.registry.get_sample_value("streamer_failed_commits_total", {"outcome": "committed"}) == 1
+    )
+
+    loop._commit_batch([_Message("in", 0, 13)], lambda: None)
+    assert producer.sent[-1] == {("in", 0): 14}

@@ -420,6 +420,7 @@ class ConsumerLoop:
                 if self._committed_through(consumer, batch):
                     log.warning("batch committed after all (%s): not consuming it again", err.str())
                     self.metrics.failed_commits.labels(outcome="committed").inc()
+                    self._rewound = {}  # committed with it
                     return written or time.perf_counter()
             self._delivery_error = None
             self.metrics.failed_commits.labels(outcome="rewound").inc()
