@@ -175,3 +175,56 @@ def test_a_cut_commit_found_committed_also_ends_the_rewind(monkeypatch) -> None:
 
     loop._commit_batch([_Message("in", 0, 13)], lambda: None)
     assert producer.sent[-1] == {("in", 0): 14}
+
+
+class _Consumed(_Message):
+    def error(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 0)
+
+
+def _consumer_returning(*batches: list[tuple[int, int]]) -> _Consumer:
+    """A consumer whose ``consume`` returns these ``(partition, offset)`` batches in turn."""
+    consumer = _Consumer([("in", 0), ("in", 1)])
+    queue = [[_Consumed("in", p, o) for p, o in batch] for batch in batches]
+    consumer.consume = lambda num_messages, timeout: queue.pop(0)  # type: ignore[attr-defined]
+    return consumer
+
+
+def _consumed(batch: list) -> list[tuple[int, int]]:
+    return [(m.partition(), m.offset()) for m in batch]
+
+
+def test_a_partition_that_resumes_past_where_it_was_sought_back_to_is_sought_again() -> None:
+    """Sought back to 10, partition 0 comes back at 30 (the consumer went on from its old
+    position): its messages are left out and it is sought to 10 again; the next batch
+    starts at 10 and is taken whole. Partition 1 resumed right and is kept throughout."""
+    loop = _Loop()
+    consumer = _consumer_returning([(0, 30), (0, 31), (1, 40)], [(0, 10), (0, 11), (1, 41)], [(0, 12)])
+    loop._rewind(consumer, [TopicPartition("in", 0, 10), TopicPartition("in", 1, 40)])
+    assert _consumed(loop._consume(consumer)) == [(1, 40)]
+    assert consumer.seeks[-1] == ("in", 0, 10)
+    assert _consumed(loop._consume(consumer)) == [(0, 10), (0, 11), (1, 41)]
+    assert _consumed(loop._consume(consumer)) == [(0, 12)]
+    assert len(consumer.seeks) == 3
+
+
+def test_a_real_gap_after_the_sought_offset_is_accepted_after_one_more_seek() -> None:
+    """Offsets 10-11 hold transaction markers: partition 0 resumes at 12 twice, and the
+    second time its messages are processed."""
+    loop = _Loop("at-least-once")
+    consumer = _consumer_returning([(0, 12), (0, 13)], [(0, 12), (0, 13)])
+    loop._rewind(consumer, [TopicPartition("in", 0, 10)])
+    assert _consumed(loop._consume(consumer)) == []
+    assert _consumed(loop._consume(consumer)) == [(0, 12), (0, 13)]
+    assert consumer.seeks == [("in", 0, 10), ("in", 0, 10)]
+
+
+def test_a_revoked_partition_is_not_checked_after_a_rewind() -> None:
+    loop = _Loop()
+    consumer = _consumer_returning([(0, 30)])
+    loop._rewind(consumer, [TopicPartition("in", 0, 10)])
+    loop._forget_rewound([TopicPartition("in", 0)])
+    assert _consumed(loop._consume(consumer)) == [(0, 30)]

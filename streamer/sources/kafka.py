@@ -56,6 +56,8 @@ KAFKA_CALL_S = 5.0
 #: How long, after a commit cut by an outage, to wait for the batch's committed offsets to
 #: tell whether it went through (seconds); beyond, it is consumed again.
 COMMITTED_CHECK_S = 15.0
+#: How many times a partition that resumes past where it was sought back to is sought again.
+REWIND_CHECKS = 3
 
 #: Errors of a broker that is away or moving, after which a batch is consumed again.
 _TRANSIENT_CODES = frozenset(
@@ -174,6 +176,10 @@ class ConsumerLoop:
         #: Exactly-once, after a rewind: the positions sought back to, committed again with
         #: the next transaction (see :meth:`_rewind`).
         self._rewound: dict[tuple[str, int], int] = {}
+        #: After a rewind, per partition until its first message: the offset sought back
+        #: to, the later offset it last resumed at instead (or -1), and the seeks made
+        #: again (see :meth:`_check_rewound`).
+        self._resume_at: dict[tuple[str, int], tuple[int, int, int]] = {}
 
     def _begin(self, install_signals: bool) -> None:
         """Log the configuration, take SIGTERM/SIGINT (and SIGUSR1: print every thread's
@@ -347,7 +353,36 @@ class ConsumerLoop:
                 raise FatalKafkaError(f"Kafka: {err.str()}")
             else:
                 log.warning("consume: %s", err.str())
-        return batch
+        return self._check_rewound(consumer, batch) if self._resume_at else batch
+
+    def _check_rewound(self, consumer: Consumer, batch: list[Any]) -> list[Any]:
+        """After a rewind: the first message of each sought-back partition must be the one
+        sought. One that comes later means the consumer resumed further on (a seek lost to
+        the client's own position reset after a broker restart): its messages are left out
+        of the batch and the partition is sought back again. A partition that comes back
+        with the same later offset has a real gap there (transaction markers, compaction)."""
+        first: dict[tuple[str, int], int] = {}
+        for m in batch:
+            first.setdefault((m.topic(), m.partition()), m.offset())
+        skipped = set()
+        for key, offset in first.items():
+            check = self._resume_at.pop(key, None)
+            if check is None or offset <= check[0] or check[1] == offset:
+                continue  # where it should be, or a real gap
+            if check[2] >= REWIND_CHECKS:
+                log.error("%s[%d] keeps resuming past offset %d: going on from %d", *key, check[0], offset)
+                continue
+            log.warning(
+                "%s[%d] resumed at offset %d, not %d where it was sought back to: seeking again",
+                key[0],
+                key[1],
+                offset,
+                check[0],
+            )
+            self._retrying(functools.partial(consumer.seek, TopicPartition(key[0], key[1], check[0])))
+            self._resume_at[key] = (check[0], offset, check[2] + 1)
+            skipped.add(key)
+        return [m for m in batch if (m.topic(), m.partition()) not in skipped] if skipped else batch
 
     def _start_positions(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
         """Assigned partitions with the configured start (``STREAMER_START_FROM``) applied."""
@@ -518,6 +553,7 @@ class ConsumerLoop:
         for tp in offsets:
             if (tp.topic, tp.partition) in assigned:
                 self._retrying(functools.partial(consumer.seek, tp))
+                self._resume_at[(tp.topic, tp.partition)] = (tp.offset, -1, 0)
                 if self._exactly_once:
                     key = (tp.topic, tp.partition)
                     self._rewound[key] = min(self._rewound.get(key, tp.offset), tp.offset)
@@ -526,6 +562,7 @@ class ConsumerLoop:
         """Revoked partitions: their positions are no longer this member's to commit."""
         for tp in partitions:
             self._rewound.pop((tp.topic, tp.partition), None)
+            self._resume_at.pop((tp.topic, tp.partition), None)
 
     def _with_rewound(self, consumer: Consumer, offsets: list[TopicPartition]) -> list[TopicPartition]:
         """A batch's offsets to commit, and the positions of the last rewind (see
