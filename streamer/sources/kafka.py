@@ -367,8 +367,11 @@ class ConsumerLoop:
         skipped = set()
         for key, offset in first.items():
             check = self._resume_at.pop(key, None)
-            if check is None or offset <= check[0] or check[1] == offset:
-                continue  # where it should be, or a real gap
+            if check is None:
+                continue
+            if offset <= check[0] or check[1] == offset:  # where it should be, or a real gap
+                log.info("%s[%d] resumed at offset %d (sought back to %d)", *key, offset, check[0])
+                continue
             if check[2] >= REWIND_CHECKS:
                 log.error("%s[%d] keeps resuming past offset %d: going on from %d", *key, check[0], offset)
                 continue
@@ -431,6 +434,11 @@ class ConsumerLoop:
                 with self.health.kafka_call():
                     producer.send_offsets_to_transaction(offsets, metadata, KAFKA_CALL_S)
                     producer.commit_transaction(KAFKA_CALL_S)
+                if self._rewound:
+                    log.info(
+                        "committed after the rewind: %s",
+                        ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in offsets),
+                    )
                 self._rewound = {}
             else:
                 self._retrying(lambda: self._flush(producer))
@@ -550,6 +558,14 @@ class ConsumerLoop:
         that transaction overwrites such an offset with the true one.
         """
         assigned = {(p.topic, p.partition) for p in consumer.assignment()}
+        log.warning(
+            "consuming again from %s",
+            ", ".join(
+                f"{tp.topic}[{tp.partition}]@{tp.offset}"
+                for tp in offsets
+                if (tp.topic, tp.partition) in assigned
+            ),
+        )
         for tp in offsets:
             if (tp.topic, tp.partition) in assigned:
                 self._retrying(functools.partial(consumer.seek, tp))
