@@ -23,7 +23,7 @@ import signal
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -97,6 +97,17 @@ class Rewind(Exception):
         self.offsets = offsets
 
 
+class _Resume(NamedTuple):
+    """Where a partition sought back after a failed commit must resume."""
+
+    #: The offset it was sought back to.
+    sought: int
+    #: The later offset it last resumed at instead (-1: none yet).
+    later: int = -1
+    #: The seeks made again because of that.
+    seeks: int = 0
+
+
 class FatalKafkaError(RuntimeError):
     """An error the process cannot recover from (authentication, fencing, bad topic)."""
 
@@ -108,6 +119,11 @@ def next_offsets(batch: list[Any]) -> list[TopicPartition]:
         key = (msg.topic(), msg.partition())
         last[key] = max(last.get(key, -1), msg.offset())
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+def positions(offsets: list[TopicPartition]) -> str:
+    """``topic[partition]@offset, ...``, for logs."""
+    return ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in offsets)
 
 
 def source_of(msg: Any) -> str:
@@ -176,10 +192,8 @@ class ConsumerLoop:
         #: Exactly-once, after a rewind: the positions sought back to, committed again with
         #: the next transaction (see :meth:`_rewind`).
         self._rewound: dict[tuple[str, int], int] = {}
-        #: After a rewind, per partition until its first message: the offset sought back
-        #: to, the later offset it last resumed at instead (or -1), and the seeks made
-        #: again (see :meth:`_check_rewound`).
-        self._resume_at: dict[tuple[str, int], tuple[int, int, int]] = {}
+        #: After a rewind, per partition until its first message (see :meth:`_check_rewound`).
+        self._resume_at: dict[tuple[str, int], _Resume] = {}
 
     def _begin(self, install_signals: bool) -> None:
         """Log the configuration, take SIGTERM/SIGINT (and SIGUSR1: print every thread's
@@ -369,21 +383,22 @@ class ConsumerLoop:
             check = self._resume_at.pop(key, None)
             if check is None:
                 continue
-            if offset <= check[0] or check[1] == offset:  # where it should be, or a real gap
-                log.info("%s[%d] resumed at offset %d (sought back to %d)", *key, offset, check[0])
+            if offset <= check.sought or offset == check.later:  # where it should be, or a real gap
+                log.info("%s[%d] resumed at offset %d (sought back to %d)", *key, offset, check.sought)
                 continue
-            if check[2] >= REWIND_CHECKS:
-                log.error("%s[%d] keeps resuming past offset %d: going on from %d", *key, check[0], offset)
+            if check.seeks >= REWIND_CHECKS:
+                log.error(
+                    "%s[%d] keeps resuming past offset %d: going on from %d", *key, check.sought, offset
+                )
                 continue
             log.warning(
                 "%s[%d] resumed at offset %d, not %d where it was sought back to: seeking again",
-                key[0],
-                key[1],
+                *key,
                 offset,
-                check[0],
+                check.sought,
             )
-            self._retrying(functools.partial(consumer.seek, TopicPartition(key[0], key[1], check[0])))
-            self._resume_at[key] = (check[0], offset, check[2] + 1)
+            self._retrying(functools.partial(consumer.seek, TopicPartition(*key, check.sought)))
+            self._resume_at[key] = _Resume(check.sought, offset, check.seeks + 1)
             skipped.add(key)
         return [m for m in batch if (m.topic(), m.partition()) not in skipped] if skipped else batch
 
@@ -435,10 +450,7 @@ class ConsumerLoop:
                     producer.send_offsets_to_transaction(offsets, metadata, KAFKA_CALL_S)
                     producer.commit_transaction(KAFKA_CALL_S)
                 if self._rewound:
-                    log.info(
-                        "committed after the rewind: %s",
-                        ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in offsets),
-                    )
+                    log.info("committed after the rewind: %s", positions(offsets))
                 self._rewound = {}
             else:
                 self._retrying(lambda: self._flush(producer))
@@ -558,21 +570,14 @@ class ConsumerLoop:
         that transaction overwrites such an offset with the true one.
         """
         assigned = {(p.topic, p.partition) for p in consumer.assignment()}
-        log.warning(
-            "consuming again from %s",
-            ", ".join(
-                f"{tp.topic}[{tp.partition}]@{tp.offset}"
-                for tp in offsets
-                if (tp.topic, tp.partition) in assigned
-            ),
-        )
-        for tp in offsets:
-            if (tp.topic, tp.partition) in assigned:
-                self._retrying(functools.partial(consumer.seek, tp))
-                self._resume_at[(tp.topic, tp.partition)] = (tp.offset, -1, 0)
-                if self._exactly_once:
-                    key = (tp.topic, tp.partition)
-                    self._rewound[key] = min(self._rewound.get(key, tp.offset), tp.offset)
+        sought = [tp for tp in offsets if (tp.topic, tp.partition) in assigned]
+        log.warning("consuming again from %s", positions(sought))
+        for tp in sought:
+            key = (tp.topic, tp.partition)
+            self._retrying(functools.partial(consumer.seek, tp))
+            self._resume_at[key] = _Resume(tp.offset)
+            if self._exactly_once:
+                self._rewound[key] = min(self._rewound.get(key, tp.offset), tp.offset)
 
     def _forget_rewound(self, partitions: list[TopicPartition]) -> None:
         """Revoked partitions: their positions are no longer this member's to commit."""
