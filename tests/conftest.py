@@ -124,6 +124,15 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 @pytest.fixture
+def topics(kafka_bootstrap: str) -> dict[str, str]:
+    """Fresh input, output and dead-letter topics of 3 partitions each."""
+    run = uuid.uuid4().hex[:8]
+    names = {"input": f"in-{run}", "output": f"out-{run}", "dlq": f"dlq-{run}"}
+    kafka_local.create_topics(kafka_bootstrap, dict.fromkeys(names.values(), 3))
+    return names
+
+
+@pytest.fixture
 def local_kafka() -> Iterator[kafka_local.LocalKafka]:
     """A dedicated :class:`streamer.kafka_local.LocalKafka` of this test's own, to pause,
     kill, freeze and restart (outages); stopped and removed afterwards."""

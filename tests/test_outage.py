@@ -173,14 +173,11 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
 
 
 def test_a_failed_commit_consumes_again_the_batch_started_since_on_other_partitions(
-    kafka_bootstrap, atcat_file, monkeypatch
+    kafka_bootstrap, topics, atcat_file, monkeypatch
 ) -> None:
     """When a commit fails (the broker away), the next batch has been consumed and started
     already, and may hold other partitions: here each partition is exactly one batch. Both
     are consumed again; no alert of either is lost."""
-    run = uuid.uuid4().hex[:8]
-    topics = {"input": f"in-{run}", "output": f"out-{run}", "dlq": f"dlq-{run}"}
-    kafka_local.create_topics(kafka_bootstrap, {name: 3 for name in topics.values()})
     per_partition = 6
     alerts = make_alerts(n_objects=6, every=2)[: 3 * per_partition]
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
@@ -240,14 +237,11 @@ class _CutCommit:
 @pytest.mark.parametrize("applied", [True, False], ids=["reply-lost", "not-applied"])
 @pytest.mark.parametrize("command", ["run", "repartition"])
 def test_a_commit_cut_by_an_outage_is_written_exactly_once(
-    kafka_bootstrap, atcat_file, monkeypatch, command, applied
+    kafka_bootstrap, topics, atcat_file, monkeypatch, command, applied
 ) -> None:
     """A cut commit the broker applied (its reply lost) is found committed, by the batch's
     committed offsets, and neither consumed nor written again; one it never got is consumed
     again, and the next transaction commits every partition of the cut batch as well."""
-    run = uuid.uuid4().hex[:8]
-    topics = {"input": f"in-{run}", "output": f"out-{run}", "dlq": f"dlq-{run}"}
-    kafka_local.create_topics(kafka_bootstrap, {name: 3 for name in topics.values()})
     alerts = make_alerts(n_objects=6, every=2)
     _publish(kafka_bootstrap, topics["input"], [a.data for a in alerts])
     new_producer = ConsumerLoop._new_producer

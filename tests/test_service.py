@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 from prometheus_client import generate_latest
 
 from streamer.config import Config
@@ -37,19 +36,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-def topics(kafka_bootstrap: str) -> dict[str, str]:
-    run = uuid.uuid4().hex[:8]
-    names = {"input": f"in-{run}", "output": f"out-{run}", "dlq": f"dlq-{run}"}
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    futures = admin.create_topics(
-        [NewTopic(t, num_partitions=3, replication_factor=1) for t in names.values()]
-    )
-    for f in futures.values():
-        f.result(30)
-    return names
 
 
 def _publish(bootstrap: str, topic: str, values: list[bytes]) -> None:
