@@ -59,8 +59,8 @@ class ServiceMetrics:
         )
         self.failed_commits = Counter(
             "streamer_failed_commits",
-            "Batch commits cut by a broker outage, by what the broker had done: the batch consumed"
-            " again (rewound) or found committed after all",
+            "Batch commits cut by a broker outage, by how they ended: committed on a later try"
+            " (retried), found committed after all (committed) or the batch consumed again (rewound)",
             ["outcome"],
             registry=r,
         )
@@ -101,6 +101,9 @@ class Health:
     A blocking Kafka call (a transaction commit) that has waited longer than
     ``stalled_after_s`` makes the service not ready (the broker is away) but not dead:
     librdkafka may block past its timeouts while a coordinator is down (librdkafka #5456).
+    One that has waited longer than ``max_call_s`` makes it dead: librdkafka can also block
+    for good (in ``send_offsets_to_transaction`` after an outage), and a restart resumes
+    from the committed offsets.
     """
 
     def __init__(
@@ -108,8 +111,10 @@ class Health:
         max_silence_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         stalled_after_s: float = 10.0,
+        max_call_s: float = 300.0,
     ) -> None:
         self.max_silence_s = max_silence_s
+        self.max_call_s = max_call_s
         self.stalled_after_s = stalled_after_s
         self.clock = clock
         self.last_beat = clock()
@@ -137,6 +142,9 @@ class Health:
         return 0.0 if since is None else self.clock() - since
 
     def alive(self) -> tuple[bool, str]:
+        blocked = self._stalled()
+        if blocked > self.max_call_s:
+            return False, f"a Kafka call has blocked for {blocked:.0f} s"
         silent = self.clock() - self.last_beat
         if silent > self.max_silence_s and self.kafka_call_since is None:
             return False, f"processing loop silent for {silent:.0f} s"

@@ -203,51 +203,64 @@ def test_a_failed_commit_consumes_again_the_batch_started_since_on_other_partiti
 
 
 class _CutCommit:
-    """A transactional producer whose first commit a broker outage cuts. ``applied``: the
-    broker got and applied it, only the reply was lost (it stopped right after), so the
-    client cannot tell that the batch is committed; otherwise the offsets never reached it.
+    """A transactional producer whose first commit a broker outage cuts, in one of three ways:
+
+    - ``timed-out``: ``commit_transaction`` times out before the broker confirms it;
+    - ``fatal-applied``: the broker applied the commit, then the producer failed for good
+      (fenced) before learning it;
+    - ``not-applied``: the offsets never reached the broker.
+
     Records the offsets of every ``send_offsets_to_transaction``, ``[offsets, succeeded]``."""
 
-    def __init__(self, producer: Producer, applied: bool, state: dict) -> None:
+    def __init__(self, producer: Producer, cut: str, state: dict) -> None:
         self._producer = producer
-        self._applied = applied
+        self._mode = cut
         self._state = state
 
     def __getattr__(self, name: str):
         return getattr(self._producer, name)
 
-    def _cut(self) -> KafkaException:
+    def _cut(self, mode: str) -> bool:
+        if self._mode != mode or self._state["cut"]:
+            return False
         self._state["cut"] = True
-        return KafkaException(KafkaError(KafkaError._TRANSPORT, "connection cut", retriable=True))
+        return True
 
     def send_offsets_to_transaction(self, offsets, *args) -> None:
         sent = [{(tp.topic, tp.partition): tp.offset for tp in offsets}, False]
         self._state["sent"].append(sent)
-        if not self._applied and not self._state["cut"]:
-            raise self._cut()
+        if self._cut("not-applied"):
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "connection cut", retriable=True))
         self._producer.send_offsets_to_transaction(offsets, *args)
         sent[1] = True
 
     def commit_transaction(self, *args) -> None:
+        if self._cut("timed-out"):
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "not confirmed in time", retriable=True))
         self._producer.commit_transaction(*args)
-        if self._applied and not self._state["cut"]:
-            raise self._cut()
+        if self._cut("fatal-applied"):
+            raise KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
 
 
-@pytest.mark.parametrize("applied", [True, False], ids=["reply-lost", "not-applied"])
+#: Per way a commit is cut, how ``streamer_failed_commits_total`` counts it.
+CUT_OUTCOMES = {"timed-out": "retried", "fatal-applied": "committed", "not-applied": "rewound"}
+
+
+@pytest.mark.parametrize("cut", list(CUT_OUTCOMES))
 @pytest.mark.parametrize("command", ["run", "repartition"])
 def test_a_commit_cut_by_an_outage_is_written_exactly_once(
-    kafka_bootstrap, topics, atcat_file, monkeypatch, command, applied
+    kafka_bootstrap, topics, atcat_file, monkeypatch, command, cut
 ) -> None:
-    """A cut commit the broker applied (its reply lost) is found committed, by the batch's
-    committed offsets, and neither consumed nor written again; one it never got is consumed
-    again, and the next transaction commits every partition of the cut batch as well."""
+    """A commit that timed out is made again on the same producer; one the broker applied
+    before the producer failed for good is found committed, by the batch's committed
+    offsets, and neither consumed nor written again; one it never got is aborted and
+    consumed again, and the next transaction commits every partition of the cut batch too."""
     alerts = make_alerts(n_objects=6, every=2)
     _publish(kafka_bootstrap, topics["input"], [a.data for a in alerts])
     new_producer = ConsumerLoop._new_producer
     state: dict = {"cut": False, "sent": []}
     monkeypatch.setattr(
-        ConsumerLoop, "_new_producer", lambda self: _CutCommit(new_producer(self), applied, state)
+        ConsumerLoop, "_new_producer", lambda self: _CutCommit(new_producer(self), cut, state)
     )
     extra = {"STREAMER_BATCH_MAX_MESSAGES": "10"}
     if command == "run":
@@ -261,13 +274,12 @@ def test_a_commit_cut_by_an_outage_is_written_exactly_once(
     assert state["cut"], "no commit was cut"
     ids = [decode(m.value()).alert_id for m in _read_all(kafka_bootstrap, topics["output"], len(alerts))]
     assert _lost_and_duplicated(ids, alerts) == ([], [])
-    registry = loop.metrics.registry
-    outcome = "committed" if applied else "rewound"
-    assert registry.get_sample_value("streamer_failed_commits_total", {"outcome": outcome}) == 1
-    assert registry.get_sample_value("streamer_failed_commits_total", {"outcome": "rewound"}) == (
-        None if applied else 1
-    )
-    if not applied:
-        cut = next(i for i, (_, ok) in enumerate(state["sent"]) if not ok)
-        after = next(offsets for offsets, ok in state["sent"][cut + 1 :] if ok)
-        assert set(state["sent"][cut][0]) <= set(after), "a partition of the cut batch left out"
+    counted = {
+        outcome: loop.metrics.registry.get_sample_value("streamer_failed_commits_total", {"outcome": outcome})
+        for outcome in CUT_OUTCOMES.values()
+    }
+    assert counted == {outcome: 1 if outcome == CUT_OUTCOMES[cut] else None for outcome in counted}
+    if cut == "not-applied":
+        at = next(i for i, (_, ok) in enumerate(state["sent"]) if not ok)
+        after = next(offsets for offsets, ok in state["sent"][at + 1 :] if ok)
+        assert set(state["sent"][at][0]) <= set(after), "a partition of the cut batch left out"

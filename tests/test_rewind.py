@@ -7,20 +7,22 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streamer.config import Config
 from streamer.sources import kafka as kafka_source
-from streamer.sources.kafka import ConsumerLoop
+from streamer.sources.kafka import ConsumerLoop, Rewind
 
 
 class _Loop(ConsumerLoop):
-    def __init__(self, delivery: str = "exactly-once") -> None:
+    def __init__(self, delivery: str = "exactly-once", **settings: str) -> None:
         env = {
             "STREAMER_BOOTSTRAP_SERVERS": "127.0.0.1:9",
             "STREAMER_INPUT_TOPICS": "in",
             "STREAMER_OUTPUT_TOPIC": "out",
             "STREAMER_DELIVERY": delivery,
+            **settings,
         }
         self._init_loop(Config.load(env), None)
 
@@ -132,15 +134,20 @@ def test_a_committed_offsets_error_that_is_no_outage_also_means_consuming_again(
 
 
 class _Producer:
-    """Records the offsets sent with each transaction; its first commit is cut after the
-    broker applied it (the reply lost)."""
+    """Records the offsets sent with each transaction, its commits and aborts; each commit
+    raises the next error of ``failures`` (``None``: it succeeds)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *failures: KafkaError | None) -> None:
         self.sent: list[dict[tuple[str, int], int]] = []
-        self.cut = False
+        self.failures = list(failures)
+        self.commits = 0
+        self.aborts = 0
 
     def begin_transaction(self) -> None:
-        pass
+        self.begun = getattr(self, "begun", 0) + 1
+
+    def poll(self, timeout: float) -> int:
+        return 0
 
     def send_offsets_to_transaction(
         self, offsets: list[TopicPartition], metadata: object, timeout: float
@@ -148,33 +155,167 @@ class _Producer:
         self.sent.append(_offsets(offsets))
 
     def commit_transaction(self, timeout: float) -> None:
-        if not self.cut:
-            self.cut = True
-            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "reply lost", retriable=True))
+        self.commits += 1
+        error = self.failures.pop(0) if self.failures else None
+        if error is not None:
+            raise KafkaException(error)
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.aborts += 1
+
+
+TIMED_OUT = KafkaError(KafkaError._TIMED_OUT, "commit not confirmed in time", retriable=True)
+ABORTABLE = KafkaError(KafkaError._TRANSPORT, "offsets not sent", txn_requires_abort=True)
+FATAL = KafkaError(KafkaError._FENCED, "producer fenced", fatal=True)
+
+
+def _transactional(producer: _Producer, monkeypatch, outage_s: str = "240") -> tuple[_Loop, _Consumer, list]:
+    """A loop over ``producer``, with partitions 0 and 1; replacing the producer is recorded
+    in the returned list (and puts a producer that commits at once in its place)."""
+    loop = _Loop(STREAMER_BROKER_OUTAGE_S=outage_s)
+    consumer = _Consumer([("in", 0), ("in", 1)])
+    consumer.consumer_group_metadata = lambda: None  # type: ignore[attr-defined]
+    loop._kafka = (consumer, producer, None)  # type: ignore[assignment]
+    replaced: list[_Producer] = []
+
+    def replace(self: _Loop) -> None:
+        self._producer_cut = False
+        replaced.append(_Producer())
+        self._kafka = (consumer, replaced[-1], None)  # type: ignore[assignment]
+
+    monkeypatch.setattr(_Loop, "_replace_producer", replace)
+    return loop, consumer, replaced
+
+
+def _failed_commits(loop: _Loop, outcome: str) -> float | None:
+    return loop.metrics.registry.get_sample_value("streamer_failed_commits_total", {"outcome": outcome})
+
+
+BATCH = [_Message("in", p, o) for p, o in ((0, 10), (0, 11), (0, 12), (1, 40), (1, 41))]
+
+
+def test_a_commit_that_times_out_is_committed_again_on_the_same_producer(monkeypatch) -> None:
+    """librdkafka's protocol: a timed-out commit goes on in the background and is called
+    again; the batch is committed once, neither aborted nor consumed again."""
+    producer = _Producer(TIMED_OUT, TIMED_OUT)
+    monkeypatch.setattr(kafka_source, "RETRY_PAUSE_S", 0.01)
+    loop, _, replaced = _transactional(producer, monkeypatch)
+    loop._commit_batch(BATCH, lambda: None)
+    assert (producer.commits, producer.aborts, replaced) == (3, 0, [])
+    assert producer.sent == [{("in", 0): 13, ("in", 1): 42}]
+    assert _failed_commits(loop, "retried") == 1
+    assert _failed_commits(loop, "rewound") is None
+
+
+def test_an_abortable_commit_error_aborts_replaces_the_producer_and_consumes_the_batch_again(
+    monkeypatch,
+) -> None:
+    """Aborted, the batch is known not committed: no wait on the committed offsets (they
+    would say it is, here). The producer is replaced all the same (librdkafka can hang in
+    the next transaction of one that aborted after an outage)."""
+    producer = _Producer(ABORTABLE)
+    loop, consumer, replaced = _transactional(producer, monkeypatch)
+    consumer.stored = {("in", 0): 13, ("in", 1): 42}
+    with pytest.raises(Rewind) as rewind:
+        loop._commit_batch(BATCH, lambda: None)
+    assert _offsets(rewind.value.offsets) == {("in", 0): 10, ("in", 1): 40}
+    assert (producer.commits, producer.aborts, len(replaced)) == (1, 1, 1)
+    assert _failed_commits(loop, "rewound") == 1
+
+
+def test_a_commit_still_unconfirmed_when_the_outage_budget_runs_out_ends_the_process(monkeypatch) -> None:
+    """It may yet go through: aborting or consuming it again could write it twice, so the
+    error goes up (the process exits 1, and a restart's init_transactions settles it)."""
+    producer = _Producer(*[TIMED_OUT] * 1000)
+    monkeypatch.setattr(kafka_source, "RETRY_PAUSE_S", 0.01)
+    loop, _, replaced = _transactional(producer, monkeypatch, outage_s="0.2")
+    with pytest.raises(KafkaException) as raised:
+        loop._commit_batch(BATCH, lambda: None)
+    assert type(raised.value) is KafkaException
+    assert raised.value.args[0].code() == KafkaError._TIMED_OUT
+    assert producer.commits > 1
+    assert (producer.aborts, replaced) == (0, [])
+
+
+def test_a_fatal_commit_error_replaces_the_producer_and_the_committed_offsets_decide(monkeypatch) -> None:
+    """Not committed (the offsets lag): consumed again. Committed (the fenced producer's
+    commit went through): done, counted as such."""
+    loop, consumer, replaced = _transactional(_Producer(FATAL), monkeypatch)
+    consumer.stored = {("in", 0): 10, ("in", 1): 42}
+    with pytest.raises(Rewind):
+        loop._commit_batch(BATCH, lambda: None)
+    assert len(replaced) == 1
+    assert _failed_commits(loop, "rewound") == 1
+
+    loop, consumer, replaced = _transactional(_Producer(FATAL), monkeypatch)
+    consumer.stored = {("in", 0): 13, ("in", 1): 42}
+    loop._commit_batch(BATCH, lambda: None)
+    assert len(replaced) == 1
+    assert _failed_commits(loop, "committed") == 1
+    assert _failed_commits(loop, "rewound") is None
+
+
+def test_an_abort_that_fails_for_good_leaves_it_to_the_committed_offsets(monkeypatch) -> None:
+    """librdkafka ends the abort of a transaction whose partitions the broker never learnt
+    of with a fatal error; the new producer settles the transaction, the offsets tell."""
+    for stored, committed in (
+        ({("in", 0): 10, ("in", 1): 40}, False),
+        ({("in", 0): 13, ("in", 1): 42}, True),
+    ):
+        producer = _Producer(ABORTABLE)
+
+        def abort(timeout: float) -> None:
+            raise KafkaException(
+                KafkaError(KafkaError.INVALID_TXN_STATE, "failed to end transaction", fatal=True)
+            )
+
+        producer.abort_transaction = abort  # type: ignore[method-assign]
+        loop, consumer, replaced = _transactional(producer, monkeypatch)
+        consumer.stored = stored
+        if committed:
+            loop._commit_batch(BATCH, lambda: None)
+        else:
+            with pytest.raises(Rewind):
+                loop._commit_batch(BATCH, lambda: None)
+        assert len(replaced) == 1
+        assert _failed_commits(loop, "committed" if committed else "rewound") == 1
+
+
+def test_a_producer_that_lost_its_connections_is_replaced_before_its_next_transaction(monkeypatch) -> None:
+    """librdkafka 2.16 can block for good in the first send_offsets_to_transaction of a
+    producer that lived through a broker outage. The consumer's connection errors, or the
+    producer's other errors, change nothing."""
+    producer = _Producer()
+    loop, _, replaced = _transactional(producer, monkeypatch)
+    loop._on_kafka_error(KafkaError(KafkaError._TRANSPORT, "connection refused"))
+    loop._on_kafka_error(KafkaError(KafkaError._MSG_TIMED_OUT, "timed out"), transactional=True)
+    loop._commit_batch(BATCH, lambda: None)
+    assert (producer.commits, replaced) == (1, [])
+
+    loop._on_kafka_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"), transactional=True)
+    loop._commit_batch(BATCH, lambda: None)
+    assert producer.commits == 1
+    assert [(p.begun, p.commits) for p in replaced] == [(1, 1)]
+    loop._commit_batch(BATCH, lambda: None)
+    assert len(replaced) == 1
 
 
 def test_a_cut_commit_found_committed_also_ends_the_rewind(monkeypatch) -> None:
     """After a rewind (partitions 0 and 1 sought back to 10 and 40), the next batch moves
-    both and its commit is cut but applied: the batch counts as done, and the transaction
-    after it, holding partition 0 only, does not commit partition 1 back to 40."""
-    loop = _Loop()
-    consumer = _Consumer([("in", 0), ("in", 1)])
-    consumer.consumer_group_metadata = lambda: None  # type: ignore[attr-defined]
-    producer = _Producer()
-    loop._kafka = (consumer, producer, None)  # type: ignore[assignment]
-    monkeypatch.setattr(_Loop, "_replace_producer", lambda self: None)
+    both and its commit fails for good after the broker applied it: the batch counts as
+    done, and the transaction after it, holding partition 0 only, does not commit
+    partition 1 back to 40."""
+    producer = _Producer(FATAL)
+    loop, consumer, replaced = _transactional(producer, monkeypatch)
     loop._rewind(consumer, [TopicPartition("in", 0, 10), TopicPartition("in", 1, 40)])
 
     consumer.stored = {("in", 0): 13, ("in", 1): 42}  # what the applied transaction committed
-    batch = [_Message("in", p, o) for p, o in ((0, 10), (0, 11), (0, 12), (1, 40), (1, 41))]
-    loop._commit_batch(batch, lambda: None)
+    loop._commit_batch(BATCH, lambda: None)
     assert producer.sent == [{("in", 0): 13, ("in", 1): 42}]
-    assert (
-        loop.metrics.registry.get_sample_value("streamer_failed_commits_total", {"outcome": "committed"}) == 1
-    )
+    assert _failed_commits(loop, "committed") == 1
 
     loop._commit_batch([_Message("in", 0, 13)], lambda: None)
-    assert producer.sent[-1] == {("in", 0): 14}
+    assert replaced[0].sent == [{("in", 0): 14}]
 
 
 class _Consumed(_Message):
@@ -228,3 +369,46 @@ def test_a_revoked_partition_is_not_checked_after_a_rewind() -> None:
     loop._rewind(consumer, [TopicPartition("in", 0, 10)])
     loop._forget_rewound([TopicPartition("in", 0)])
     assert _consumed(loop._consume(consumer)) == [(0, 30)]
+
+
+def test_a_fatal_error_ends_the_process_unless_the_transactional_producer_reports_it() -> None:
+    """The transactional producer's calls raise its fatal errors, and the producer is
+    replaced (an abort can fail fatally after an outage, librdkafka#4849); the consumer's,
+    or an authentication failure of any client, end the process."""
+    fenced = KafkaError(KafkaError.INVALID_TXN_STATE, "failed to end transaction", fatal=True)
+    loop = _Loop()
+    loop._on_kafka_error(fenced, transactional=True)
+    assert loop._fatal is None
+    loop._on_kafka_error(KafkaError(KafkaError._AUTHENTICATION, "SASL failed"), transactional=True)
+    assert loop._fatal == "Kafka: SASL failed"
+    loop = _Loop()
+    loop._on_kafka_error(fenced)
+    assert loop._fatal == "Kafka: failed to end transaction"
+
+
+def test_a_replaced_producer_is_closed_before_the_new_one_starts_even_in_a_fatal_state(monkeypatch) -> None:
+    """Two producers of one transactional id must not act at once; a producer in a fatal
+    state refuses calls, and is dropped all the same."""
+    events: list[str] = []
+
+    class _Fatal:
+        def __getattr__(self, name: str):
+            def call(*args: object) -> None:
+                events.append(name)
+                raise KafkaException(KafkaError(KafkaError.INVALID_TXN_STATE, "fatal state", fatal=True))
+
+            return call
+
+    class _Sink:
+        producer: object = None
+
+    loop = _Loop()
+    sink = _Sink()
+    loop._kafka = (None, _Fatal(), sink)  # type: ignore[assignment]
+    monkeypatch.setattr(_Loop, "_new_producer", lambda self: events.append("new") or "new producer")
+    monkeypatch.setattr(_Loop, "_init_transactions", lambda self, producer: events.append("init"))
+    loop._producer_cut = True
+    loop._replace_producer()
+    assert events == ["purge", "flush", "close", "new", "init"]
+    assert not loop._producer_cut
+    assert loop._kafka[1] == sink.producer == "new producer"

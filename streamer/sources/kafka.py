@@ -3,14 +3,16 @@ that write what they consume: start positions on assignment, consuming a micro-b
 writing its output and committing its offsets (one transaction, or flush then commit),
 riding out broker outages, caught-up detection, broker probing and lag metrics.
 
-A batch whose commit fails because the broker is away is never half-visible: exactly-once,
-its transaction is completed by a new transactional producer with the same id, which fences
-the old one; the group's committed offsets, part of the transaction, then tell whether the
-commit went through before the outage cut its reply (the batch is done) or not. At-least-once,
-flush and commit are retried. A batch not committed is consumed
-again from its first offsets (:class:`Rewind`; ``streamer run`` also the batch it consumed
-since, see :func:`earliest`) once the broker is back, for up to
-``STREAMER_BROKER_OUTAGE_S``; then the process exits 1 and a restart resumes from the
+A batch whose commit fails because the broker is away is never half-visible. Exactly-once,
+librdkafka's transaction protocol is followed: a commit that times out is made again until
+the broker confirms it; a transaction that fails otherwise is aborted and the producer
+replaced by a new one with the same transactional id (see :meth:`ConsumerLoop._recover`).
+If the abort fails too, the new producer's ``init_transactions`` completes the transaction
+one way or the other, and the group's committed offsets, part of the transaction, tell
+whether the batch went through. At-least-once, flush and commit are retried. A
+batch not committed is consumed again from its first offsets (:class:`Rewind`; ``streamer
+run`` also the batch it consumed since, see :func:`earliest`) once the broker is back, for
+up to ``STREAMER_BROKER_OUTAGE_S``; then the process exits 1 and a restart resumes from the
 committed offsets.
 """
 
@@ -21,6 +23,7 @@ import functools
 import logging
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -50,12 +53,17 @@ log = logging.getLogger("streamer")
 
 #: How often the idle loop checks that the broker answers (seconds).
 BROKER_PROBE_INTERVAL_S = 5.0
-#: Timeout of one blocking Kafka call (commit, abort, flush); a call that times out is
-#: retried, so this is how soon ``/readyz`` notices an outage mid-commit (seconds).
+#: Timeout of one blocking Kafka call (seconds). A commit, abort or flush that times out is
+#: made again; a ``send_offsets_to_transaction`` that does aborts the transaction (without
+#: a timeout, librdkafka 2.16 can block in it for minutes after a broker outage).
 KAFKA_CALL_S = 5.0
 #: How long, after a commit cut by an outage, to wait for the batch's committed offsets to
 #: tell whether it went through (seconds); beyond, it is consumed again.
 COMMITTED_CHECK_S = 15.0
+#: A Kafka call blocked for ``broker_outage_s`` and this long fails ``/healthz`` (seconds).
+BLOCKED_CALL_MARGIN_S = 60.0
+#: Pause before a failed Kafka call is made again (seconds).
+RETRY_PAUSE_S = 0.5
 #: How many times a partition that resumes past where it was sought back to is sought again.
 REWIND_CHECKS = 3
 
@@ -106,6 +114,15 @@ class _Resume(NamedTuple):
     later: int = -1
     #: The seeks made again because of that.
     seeks: int = 0
+
+
+class _Unsettled(KafkaException):
+    """A commit still not confirmed after ``broker_outage_s``: it may yet go through, so the
+    batch is neither aborted nor consumed again."""
+
+    def __init__(self, error: KafkaException) -> None:
+        super().__init__(*error.args)
+        self.error = error
 
 
 class FatalKafkaError(RuntimeError):
@@ -176,7 +193,7 @@ class ConsumerLoop:
     def _init_loop(self, config: Config, metrics: ServiceMetrics | None) -> None:
         self.config = config
         self.metrics = metrics or ServiceMetrics()
-        self.health = Health()
+        self.health = Health(max_call_s=config.broker_outage_s + BLOCKED_CALL_MARGIN_S)
         self.stopping = False
         self.http: WSGIServer | None = None
         self._exactly_once = config.delivery == "exactly-once"
@@ -192,6 +209,9 @@ class ConsumerLoop:
         #: Exactly-once, after a rewind: the positions sought back to, committed again with
         #: the next transaction (see :meth:`_rewind`).
         self._rewound: dict[tuple[str, int], int] = {}
+        #: The transactional producer lost its connections since it started: it is replaced
+        #: before its next transaction (see :meth:`_commit_transaction`).
+        self._producer_cut = False
         #: After a rewind, per partition until its first message (see :meth:`_check_rewound`).
         self._resume_at: dict[tuple[str, int], _Resume] = {}
 
@@ -261,6 +281,7 @@ class ConsumerLoop:
         conf = {**self._kafka_common(), "enable.idempotence": True, "linger.ms": 5}
         if self._exactly_once:
             conf["transactional.id"] = self.config.transactional_id
+            conf["error_cb"] = functools.partial(self._on_kafka_error, transactional=True)
         return Producer(conf)
 
     def _subscribe(self, consumer: Consumer) -> None:
@@ -280,11 +301,16 @@ class ConsumerLoop:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._on_revoke(consumer, partitions)
 
-    def _on_kafka_error(self, err: KafkaError) -> None:
+    def _on_kafka_error(self, err: KafkaError, transactional: bool = False) -> None:
+        """``error_cb`` of every client: notes an outage, and an error that ends the process
+        (authentication, or a fatal one; a transactional producer's fatal errors are raised
+        by its calls instead, and the producer replaced, see :meth:`_recover`)."""
         code = err.code()
         if code in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             self.health.broker_reachable = False
-        if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED) or err.fatal():
+            self._producer_cut |= transactional
+        ends = code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED)
+        if ends or (err.fatal() and not transactional):
             # librdkafka's message names the mechanism, never the password.
             self._fatal = f"Kafka: {err.str()}"
         log.warning("kafka: %s", err.str())
@@ -309,12 +335,21 @@ class ConsumerLoop:
                     raise
 
     def _replace_producer(self) -> None:
-        """After a failed commit: a new transactional producer with the same id. Its
-        ``init_transactions`` fences the old one and aborts its open transaction, whatever
-        state librdkafka left it in (a timed-out commit cannot simply be aborted)."""
+        """After a failed transaction: a new transactional producer with the same id. Its
+        ``init_transactions`` fences the old one and completes a transaction it left open."""
+        self._producer_cut = False
         consumer, old, sink = self._kafka
-        old.purge()
-        old.flush(0)
+        # Gone before the new one starts: two producers of one transactional id at once
+        # could interleave their requests to the coordinator. A producer in a fatal state
+        # refuses some of these calls; it is dropped all the same.
+        for call in (old.purge, functools.partial(old.flush, 0), old.close):
+            try:
+                with warnings.catch_warnings(record=True) as said:  # close() warns of a failed abort
+                    call()
+                for warning in said:
+                    log.info("closing the old producer: %s", warning.message)
+            except KafkaException as exc:
+                log.info("closing the old producer: %s", exc)
         producer = self._new_producer()
         self._kafka = (consumer, producer, sink)
         sink.producer = producer
@@ -429,61 +464,145 @@ class ConsumerLoop:
         FatalKafkaError
             A record the broker refuses for good (too large, not authorised).
         KafkaException
-            Any other Kafka error (the transaction is aborted).
+            Any other Kafka error (the transaction is aborted), or a commit still not
+            confirmed after ``broker_outage_s``.
         """
+        if self._exactly_once:
+            return self._commit_transaction(batch, write)
         consumer, producer, _ = self._kafka
-        written = 0.0
         try:
-            if self._exactly_once:
-                producer.begin_transaction()
             self._delivery_error = None
             write()
             written = time.perf_counter()
             offsets = next_offsets(batch)
-            if self._exactly_once:
-                offsets = self._with_rewound(consumer, offsets)
-                # One try each: after a failed call the transaction is aborted and the
-                # batch consumed again (retrying a failed send_offsets_to_transaction can
-                # hang in librdkafka).
-                metadata = consumer.consumer_group_metadata()
-                with self.health.kafka_call():
-                    producer.send_offsets_to_transaction(offsets, metadata, KAFKA_CALL_S)
-                    producer.commit_transaction(KAFKA_CALL_S)
-                if self._rewound:
-                    log.info("committed after the rewind: %s", positions(offsets))
-                self._rewound = {}
-            else:
-                self._retrying(lambda: self._flush(producer))
-                self._retrying(lambda: consumer.commit(offsets=offsets, asynchronous=False))
+            self._retrying(lambda: self._flush(producer))
+            self._retrying(lambda: consumer.commit(offsets=offsets, asynchronous=False))
             return written
         except KafkaException as exc:
             err = kafka_error(exc)
             failed, self._delivery_error = self._delivery_error, None
             if isinstance(failed, KafkaError) and not transient(failed):
-                # Consuming the batch again would fail the same way, for ever.
-                self._abort(producer)
                 raise FatalKafkaError(f"Kafka: delivery failed: {failed.str()}") from exc
             if err is None or not transient(err) or self._fatal or self.stopping:
-                self._abort(producer)
                 raise
-            if self._exactly_once:
-                self._replace_producer()
-                self._delivery_error = None  # the old producer's purged messages
-                # The new producer's init_transactions completed the old transaction one
-                # way or the other. A commit whose reply the outage lost may have gone
-                # through: the batch's offsets, committed with it, tell.
-                if self._committed_through(consumer, batch):
-                    log.warning("batch committed after all (%s): not consuming it again", err.str())
-                    self.metrics.failed_commits.labels(outcome="committed").inc()
-                    self._rewound = {}  # committed with it
-                    return written or time.perf_counter()
-            self._delivery_error = None
             self.metrics.failed_commits.labels(outcome="rewound").inc()
             log.warning("batch not committed (%s): consuming it again", err.str())
             raise Rewind(first_offsets(batch)) from exc
+
+    def _commit_transaction(self, batch: list[Any], write: Callable[[], None]) -> float:
+        """The exactly-once :meth:`_commit_batch`, following librdkafka's transaction
+        protocol: a commit that fails with a retriable error (a timeout: it goes on in the
+        background) is called again on the same producer until it is confirmed; a
+        transaction that fails otherwise is aborted (see :meth:`_recover`).
+
+        A producer that lost its connections since it started (a broker outage, even between
+        transactions) is replaced first: librdkafka 2.16 can block for good, past its
+        timeout, in the first ``send_offsets_to_transaction`` of such a producer (it waits
+        on the group coordinator after the reconnection); a new producer does not.
+        """
+        self._kafka[1].poll(0)  # serves error_cb: a connection lost since the last call
+        if self._producer_cut:
+            log.warning("replacing the transactional producer: it lost its connections (broker outage)")
+            self._retrying(self._replace_producer)
+        consumer, producer, _ = self._kafka
+        written = 0.0
+        try:
+            producer.begin_transaction()
+            self._delivery_error = None
+            write()
+            written = time.perf_counter()
+            offsets = self._with_rewound(consumer, next_offsets(batch))
+            with self.health.kafka_call():
+                producer.send_offsets_to_transaction(
+                    offsets, consumer.consumer_group_metadata(), KAFKA_CALL_S
+                )
+            retried = self._commit_retrying(producer)
+        except _Unsettled as exc:
+            raise exc.error from None  # neither abort nor consume again: see _commit_retrying
+        except KafkaException as exc:
+            self._recover(producer, batch, exc)  # returns only if the batch is committed
+            return written or time.perf_counter()
         except BaseException:
             self._abort(producer)
             raise
+        if retried:
+            self.metrics.failed_commits.labels(outcome="retried").inc()
+        if self._rewound:
+            log.info("committed after the rewind: %s", positions(offsets))
+        self._rewound = {}
+        return written
+
+    def _commit_retrying(self, producer: Producer) -> bool:
+        """``commit_transaction``, called again while it fails with a retriable error, for
+        up to ``broker_outage_s``; whether it had to be. Beyond, the error goes up and the
+        process ends: whether the batch is committed is then for the restarted producer's
+        ``init_transactions`` to settle, and the committed offsets to tell."""
+        deadline = time.monotonic() + self.config.broker_outage_s
+        retried = False
+        while True:
+            try:
+                with self.health.kafka_call():
+                    producer.commit_transaction(KAFKA_CALL_S)
+                return retried
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if err is None or not err.retriable() or err.fatal() or err.txn_requires_abort():
+                    raise
+                if self._fatal or time.monotonic() > deadline:
+                    raise _Unsettled(exc) from exc
+                retried = True
+                self.health.broker_reachable = False
+                log.warning("commit not confirmed yet (%s): committing again", err.str())
+                time.sleep(RETRY_PAUSE_S)  # a call that fails at once must not spin
+
+    def _recover(self, producer: Producer, batch: list[Any], exc: KafkaException) -> None:
+        """After a transaction failed: return if its batch is committed after all, else
+        raise :class:`Rewind` (consume it again) or the error.
+
+        A transient error aborts the transaction (waiting out the outage); then the
+        producer is replaced all the same, the old one closed first (see
+        :meth:`_commit_transaction`: librdkafka can block for good in the next transaction
+        of a producer that lived through an outage). A fatal error, or an abort that fails
+        (librdkafka ends an abort with a fatal ``INVALID_TXN_STATE`` when the broker never
+        learnt of the transaction's partitions), leaves the transaction's outcome to the new
+        producer's ``init_transactions``, which fences the old one and completes it one way
+        or the other; the group's committed offsets, committed with it, then tell which.
+        """
+        consumer = self._kafka[0]
+        err = kafka_error(exc)
+        failed, self._delivery_error = self._delivery_error, None
+        if isinstance(failed, KafkaError) and not transient(failed):
+            # Consuming the batch again would fail the same way, for ever.
+            self._abort(producer)
+            raise FatalKafkaError(f"Kafka: delivery failed: {failed.str()}") from exc
+        if err is None or self._fatal or self.stopping or not (err.fatal() or transient(err)):
+            self._abort(producer)
+            raise exc
+        aborted = not err.fatal() and self._aborted(producer)
+        log.warning("replacing the transactional producer (%s)", err.str())
+        self._replace_producer()
+        self._delivery_error = None  # the old producer's purged messages
+        if not aborted and self._committed_through(consumer, batch):
+            log.warning("batch committed after all (%s): not consuming it again", err.str())
+            self.metrics.failed_commits.labels(outcome="committed").inc()
+            self._rewound = {}  # committed with it
+            return
+        self.metrics.failed_commits.labels(outcome="rewound").inc()
+        log.warning("batch not committed (%s): consuming it again", err.str())
+        raise Rewind(first_offsets(batch)) from exc
+
+    def _aborted(self, producer: Producer) -> bool:
+        """Abort the open transaction, waiting out a broker outage (``broker_outage_s``;
+        beyond, the error goes up); ``False`` if it fails otherwise."""
+        try:
+            self._retrying(lambda: producer.abort_transaction(KAFKA_CALL_S))
+            return True
+        except KafkaException as exc:
+            err = kafka_error(exc)
+            if err is not None and err.retriable() and not err.fatal():
+                raise  # the outage outlasted broker_outage_s
+            log.warning("aborting the transaction: %s", exc)
+            return False
 
     def _committed_through(self, consumer: Consumer, batch: list[Any]) -> bool:
         """Whether the group's committed offsets already cover every message of ``batch``.
