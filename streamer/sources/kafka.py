@@ -7,9 +7,10 @@ A batch whose commit fails because the broker is away is never half-visible. Exa
 librdkafka's transaction protocol is followed: a commit that times out is made again until
 the broker confirms it; a transaction that fails otherwise is aborted and the producer
 replaced by a new one with the same transactional id (see :meth:`ConsumerLoop._recover`).
-If the abort fails too, the new producer's ``init_transactions`` completes the transaction
-one way or the other, and the group's committed offsets, part of the transaction, tell
-whether the batch went through. At-least-once, flush and commit are retried. A
+If the abort fails too, or the commit stays unconfirmed for :data:`SAME_PRODUCER_S`, the
+new producer's ``init_transactions`` completes the transaction one way or the other, and
+the group's committed offsets, part of the transaction, tell whether the batch went through.
+At-least-once, flush and commit are retried. A
 batch not committed is consumed again from its first offsets (:class:`Rewind`; ``streamer
 run`` also the batch it consumed since, see :func:`earliest`) once the broker is back, for
 up to ``STREAMER_BROKER_OUTAGE_S``; then the process exits 1 and a restart resumes from the
@@ -62,6 +63,10 @@ KAFKA_CALL_S = 5.0
 COMMITTED_CHECK_S = 15.0
 #: A Kafka call blocked for ``broker_outage_s`` and this long fails ``/healthz`` (seconds).
 BLOCKED_CALL_MARGIN_S = 60.0
+#: How long a failed transaction's commit or abort is tried again on the same producer
+#: before the producer is replaced (seconds): after an outage, librdkafka 2.16 can lose the
+#: transaction coordinator for good.
+SAME_PRODUCER_S = 30.0
 #: Pause before a failed Kafka call is made again (seconds).
 RETRY_PAUSE_S = 0.5
 #: How many times a partition that resumes past where it was sought back to is sought again.
@@ -117,8 +122,8 @@ class _Resume(NamedTuple):
 
 
 class _Unsettled(KafkaException):
-    """A commit still not confirmed after ``broker_outage_s``: it may yet go through, so the
-    batch is neither aborted nor consumed again."""
+    """A commit still not confirmed after :data:`SAME_PRODUCER_S`: it may yet go through, so
+    it is not aborted; a new producer settles it (see :meth:`ConsumerLoop._recover`)."""
 
     def __init__(self, error: KafkaException) -> None:
         super().__init__(*error.args)
@@ -464,8 +469,8 @@ class ConsumerLoop:
         FatalKafkaError
             A record the broker refuses for good (too large, not authorised).
         KafkaException
-            Any other Kafka error (the transaction is aborted), or a commit still not
-            confirmed after ``broker_outage_s``.
+            Any other Kafka error (the transaction is aborted), or a broker still away
+            after ``broker_outage_s``.
         """
         if self._exactly_once:
             return self._commit_transaction(batch, write)
@@ -518,7 +523,8 @@ class ConsumerLoop:
                 )
             retried = self._commit_retrying(producer)
         except _Unsettled as exc:
-            raise exc.error from None  # neither abort nor consume again: see _commit_retrying
+            self._recover(producer, batch, exc.error, abortable=False)
+            return written or time.perf_counter()
         except KafkaException as exc:
             self._recover(producer, batch, exc)  # returns only if the batch is committed
             return written or time.perf_counter()
@@ -534,10 +540,8 @@ class ConsumerLoop:
 
     def _commit_retrying(self, producer: Producer) -> bool:
         """``commit_transaction``, called again while it fails with a retriable error, for
-        up to ``broker_outage_s``; whether it had to be. Beyond, the error goes up and the
-        process ends: whether the batch is committed is then for the restarted producer's
-        ``init_transactions`` to settle, and the committed offsets to tell."""
-        deadline = time.monotonic() + self.config.broker_outage_s
+        up to :data:`SAME_PRODUCER_S`; whether it had to be. Beyond, :class:`_Unsettled`."""
+        deadline = time.monotonic() + SAME_PRODUCER_S
         retried = False
         while True:
             try:
@@ -555,54 +559,64 @@ class ConsumerLoop:
                 log.warning("commit not confirmed yet (%s): committing again", err.str())
                 time.sleep(RETRY_PAUSE_S)  # a call that fails at once must not spin
 
-    def _recover(self, producer: Producer, batch: list[Any], exc: KafkaException) -> None:
+    def _recover(
+        self, producer: Producer, batch: list[Any], exc: KafkaException, abortable: bool = True
+    ) -> None:
         """After a transaction failed: return if its batch is committed after all, else
         raise :class:`Rewind` (consume it again) or the error.
 
-        A transient error aborts the transaction (waiting out the outage); then the
-        producer is replaced all the same, the old one closed first (see
-        :meth:`_commit_transaction`: librdkafka can block for good in the next transaction
-        of a producer that lived through an outage). A fatal error, or an abort that fails
-        (librdkafka ends an abort with a fatal ``INVALID_TXN_STATE`` when the broker never
-        learnt of the transaction's partitions), leaves the transaction's outcome to the new
-        producer's ``init_transactions``, which fences the old one and completes it one way
-        or the other; the group's committed offsets, committed with it, then tell which.
+        A transient error aborts the transaction; then the producer is replaced all the
+        same, the old one closed first (see :meth:`_commit_transaction`: librdkafka can
+        block for good in the next transaction of a producer that lived through an outage).
+        A fatal error, an abort that fails or does not complete within
+        :data:`SAME_PRODUCER_S` (librdkafka ends the abort of a transaction whose partitions
+        the broker never learnt of with a fatal ``INVALID_TXN_STATE``, and can lose the
+        coordinator for good), or a commit that is not ``abortable`` (still unconfirmed),
+        leaves the transaction to the new producer's ``init_transactions``, which fences the
+        old one and completes it one way or the other; the group's committed offsets,
+        committed with it, then tell which.
         """
         consumer = self._kafka[0]
         err = kafka_error(exc)
+        reason = err.str() if err is not None else str(exc)
         failed, self._delivery_error = self._delivery_error, None
-        if isinstance(failed, KafkaError) and not transient(failed):
-            # Consuming the batch again would fail the same way, for ever.
-            self._abort(producer)
-            raise FatalKafkaError(f"Kafka: delivery failed: {failed.str()}") from exc
-        if err is None or self._fatal or self.stopping or not (err.fatal() or transient(err)):
-            self._abort(producer)
-            raise exc
-        aborted = not err.fatal() and self._aborted(producer)
-        log.warning("replacing the transactional producer (%s)", err.str())
+        if abortable:
+            if isinstance(failed, KafkaError) and not transient(failed):
+                # Consuming the batch again would fail the same way, for ever.
+                self._abort(producer)
+                raise FatalKafkaError(f"Kafka: delivery failed: {failed.str()}") from exc
+            if err is None or self._fatal or self.stopping or not (err.fatal() or transient(err)):
+                self._abort(producer)
+                raise exc
+        aborted = abortable and err is not None and not err.fatal() and self._aborted(producer)
+        log.warning("replacing the transactional producer (%s)", reason)
         self._replace_producer()
         self._delivery_error = None  # the old producer's purged messages
         if not aborted and self._committed_through(consumer, batch):
-            log.warning("batch committed after all (%s): not consuming it again", err.str())
+            log.warning("batch committed after all (%s): not consuming it again", reason)
             self.metrics.failed_commits.labels(outcome="committed").inc()
             self._rewound = {}  # committed with it
             return
         self.metrics.failed_commits.labels(outcome="rewound").inc()
-        log.warning("batch not committed (%s): consuming it again", err.str())
+        log.warning("batch not committed (%s): consuming it again", reason)
         raise Rewind(first_offsets(batch)) from exc
 
     def _aborted(self, producer: Producer) -> bool:
-        """Abort the open transaction, waiting out a broker outage (``broker_outage_s``;
-        beyond, the error goes up); ``False`` if it fails otherwise."""
-        try:
-            self._retrying(lambda: producer.abort_transaction(KAFKA_CALL_S))
-            return True
-        except KafkaException as exc:
-            err = kafka_error(exc)
-            if err is not None and err.retriable() and not err.fatal():
-                raise  # the outage outlasted broker_outage_s
-            log.warning("aborting the transaction: %s", exc)
-            return False
+        """Abort the open transaction, tried again while it fails with a retriable error
+        for up to :data:`SAME_PRODUCER_S`; whether it was aborted."""
+        deadline = time.monotonic() + SAME_PRODUCER_S
+        while True:
+            try:
+                with self.health.kafka_call():
+                    producer.abort_transaction(KAFKA_CALL_S)
+                return True
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if err is None or not err.retriable() or err.fatal() or time.monotonic() > deadline:
+                    log.warning("aborting the transaction: %s", exc)
+                    return False
+                self.health.broker_reachable = False
+                time.sleep(RETRY_PAUSE_S)
 
     def _committed_through(self, consumer: Consumer, batch: list[Any]) -> bool:
         """Whether the group's committed offsets already cover every message of ``batch``.
