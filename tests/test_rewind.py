@@ -192,6 +192,19 @@ def _failed_commits(loop: _Loop, outcome: str) -> float | None:
 
 
 BATCH = [_Message("in", p, o) for p, o in ((0, 10), (0, 11), (0, 12), (1, 40), (1, 41))]
+#: The group's committed offsets after BATCH's transaction: lagging it, or covering it.
+LAGGING, COVERING = {("in", 0): 10, ("in", 1): 40}, {("in", 0): 13, ("in", 1): 42}
+
+
+def _committed_after_all(loop: _Loop, consumer: _Consumer, stored: dict[tuple[str, int], int]) -> bool:
+    """Commit BATCH with the group's committed offsets at ``stored``: whether it counts as
+    committed (``False``: it is to be consumed again)."""
+    consumer.stored = stored
+    try:
+        loop._commit_batch(BATCH, lambda: None)
+    except Rewind:
+        return False
+    return True
 
 
 def test_a_commit_that_times_out_is_committed_again_on_the_same_producer(monkeypatch) -> None:
@@ -229,18 +242,11 @@ def test_a_commit_still_unconfirmed_after_a_while_is_settled_by_a_new_producer(m
     completes the commit or aborts it, and the committed offsets tell which."""
     monkeypatch.setattr(kafka_source, "SAME_PRODUCER_S", 0.2)
     monkeypatch.setattr(kafka_source, "RETRY_PAUSE_S", 0.01)
-    for stored, committed in (
-        ({("in", 0): 10, ("in", 1): 40}, False),
-        ({("in", 0): 13, ("in", 1): 42}, True),
-    ):
+    for stored in (LAGGING, COVERING):
+        committed = stored is COVERING
         producer = _Producer(*[TIMED_OUT] * 1000)
         loop, consumer, replaced = _transactional(producer, monkeypatch)
-        consumer.stored = stored
-        if committed:
-            loop._commit_batch(BATCH, lambda: None)
-        else:
-            with pytest.raises(Rewind):
-                loop._commit_batch(BATCH, lambda: None)
+        assert _committed_after_all(loop, consumer, stored) == committed
         assert producer.commits > 1
         assert (producer.aborts, len(replaced)) == (0, 1)
         assert _failed_commits(loop, "committed" if committed else "rewound") == 1
@@ -286,10 +292,8 @@ def test_a_fatal_commit_error_replaces_the_producer_and_the_committed_offsets_de
 def test_an_abort_that_fails_for_good_leaves_it_to_the_committed_offsets(monkeypatch) -> None:
     """librdkafka ends the abort of a transaction whose partitions the broker never learnt
     of with a fatal error; the new producer settles the transaction, the offsets tell."""
-    for stored, committed in (
-        ({("in", 0): 10, ("in", 1): 40}, False),
-        ({("in", 0): 13, ("in", 1): 42}, True),
-    ):
+    for stored in (LAGGING, COVERING):
+        committed = stored is COVERING
         producer = _Producer(ABORTABLE)
 
         def abort(timeout: float) -> None:
@@ -299,12 +303,7 @@ def test_an_abort_that_fails_for_good_leaves_it_to_the_committed_offsets(monkeyp
 
         producer.abort_transaction = abort  # type: ignore[method-assign]
         loop, consumer, replaced = _transactional(producer, monkeypatch)
-        consumer.stored = stored
-        if committed:
-            loop._commit_batch(BATCH, lambda: None)
-        else:
-            with pytest.raises(Rewind):
-                loop._commit_batch(BATCH, lambda: None)
+        assert _committed_after_all(loop, consumer, stored) == committed
         assert len(replaced) == 1
         assert _failed_commits(loop, "committed" if committed else "rewound") == 1
 
