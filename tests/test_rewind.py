@@ -5,6 +5,7 @@ same paths against a real broker."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -439,3 +440,35 @@ def test_a_replaced_producer_is_closed_before_the_new_one_starts_even_in_a_fatal
     assert events == ["purge", "flush", "close", "new", "init"]
     assert not loop._producer_cut
     assert loop._kafka[1] == sink.producer == "new producer"
+
+
+def test_a_replaced_producer_whose_close_blocks_is_left_behind_after_a_bounded_wait(monkeypatch) -> None:
+    """close() aborts an open transaction, and blocks for good in a producer that lost its
+    transaction coordinator: the new producer starts all the same."""
+    monkeypatch.setattr(kafka_source, "CLOSE_S", 0.2)
+    released = threading.Event()
+
+    class _Stuck:
+        def purge(self) -> None:
+            pass
+
+        def flush(self, timeout: float) -> int:
+            return 0
+
+        def close(self) -> None:
+            released.wait(30)
+
+    class _Sink:
+        producer: object = None
+
+    loop = _Loop()
+    loop._kafka = (None, _Stuck(), _Sink())  # type: ignore[assignment]
+    monkeypatch.setattr(_Loop, "_new_producer", lambda self: "new producer")
+    monkeypatch.setattr(_Loop, "_init_transactions", lambda self, producer: None)
+    started = time.monotonic()
+    try:
+        loop._replace_producer()
+    finally:
+        released.set()
+    assert time.monotonic() - started < 5
+    assert loop._kafka[1] == "new producer"

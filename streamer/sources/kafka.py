@@ -23,6 +23,7 @@ import faulthandler
 import functools
 import logging
 import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -67,6 +68,8 @@ BLOCKED_CALL_MARGIN_S = 60.0
 #: before the producer is replaced (seconds): after an outage, librdkafka 2.16 can lose the
 #: transaction coordinator for good.
 SAME_PRODUCER_S = 30.0
+#: How long a replaced producer is given to close (seconds).
+CLOSE_S = 10.0
 #: Pause before a failed Kafka call is made again (seconds).
 RETRY_PAUSE_S = 0.5
 #: How many times a partition that resumes past where it was sought back to is sought again.
@@ -344,17 +347,7 @@ class ConsumerLoop:
         ``init_transactions`` fences the old one and completes a transaction it left open."""
         self._producer_cut = False
         consumer, old, sink = self._kafka
-        # Gone before the new one starts: two producers of one transactional id at once
-        # could interleave their requests to the coordinator. A producer in a fatal state
-        # refuses some of these calls; it is dropped all the same.
-        for call in (old.purge, functools.partial(old.flush, 0), old.close):
-            try:
-                with warnings.catch_warnings(record=True) as said:  # close() warns of a failed abort
-                    call()
-                for warning in said:
-                    log.info("closing the old producer: %s", warning.message)
-            except KafkaException as exc:
-                log.info("closing the old producer: %s", exc)
+        self._close_producer(old)
         producer = self._new_producer()
         self._kafka = (consumer, producer, sink)
         sink.producer = producer
@@ -369,6 +362,34 @@ class ConsumerLoop:
                     raise
                 self.health.broker_reachable = False
                 log.warning("waiting for the broker to start a new transactional producer")
+
+    def _close_producer(self, old: Producer) -> None:
+        """Close a producer being replaced, before the new one starts: two producers of one
+        transactional id at once could interleave their requests to the coordinator. A
+        producer in a fatal state refuses some of these calls; ``close()`` (which aborts an
+        open transaction) blocks for good in one that lost its coordinator, so it is given
+        :data:`CLOSE_S` in a thread of its own, then left behind."""
+        for call in (old.purge, functools.partial(old.flush, 0)):
+            try:
+                call()
+            except KafkaException as exc:
+                log.info("closing the old producer: %s", exc)
+
+        def close() -> None:
+            try:
+                with warnings.catch_warnings(record=True) as said:  # close() warns of a failed abort
+                    old.close()
+                for warning in said:
+                    log.info("closing the old producer: %s", warning.message)
+            except KafkaException as exc:
+                log.info("closing the old producer: %s", exc)
+
+        closing = threading.Thread(target=close, name="close-producer", daemon=True)
+        closing.start()
+        with self.health.kafka_call():
+            closing.join(CLOSE_S)
+        if closing.is_alive():
+            log.warning("the old producer did not close within %.0f s: left behind", CLOSE_S)
 
     # ------------------------------------------------------------- consume
     def _owned_partitions(self) -> set[int] | None:
