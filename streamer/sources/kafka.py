@@ -125,12 +125,9 @@ class _Resume(NamedTuple):
 
 
 class _Unsettled(KafkaException):
-    """A commit still not confirmed after :data:`SAME_PRODUCER_S`: it may yet go through, so
-    it is not aborted; a new producer settles it (see :meth:`ConsumerLoop._recover`)."""
-
-    def __init__(self, error: KafkaException) -> None:
-        super().__init__(*error.args)
-        self.error = error
+    """A call still failing with a retriable error after :data:`SAME_PRODUCER_S` (a commit:
+    it may yet go through, so it is not aborted; a new producer settles it, see
+    :meth:`ConsumerLoop._recover`)."""
 
 
 class FatalKafkaError(RuntimeError):
@@ -544,7 +541,7 @@ class ConsumerLoop:
                 )
             retried = self._commit_retrying(producer)
         except _Unsettled as exc:
-            self._recover(producer, batch, exc.error, abortable=False)
+            self._recover(producer, batch, exc, abortable=False)
             return written or time.perf_counter()
         except KafkaException as exc:
             self._recover(producer, batch, exc)  # returns only if the batch is committed
@@ -560,24 +557,34 @@ class ConsumerLoop:
         return written
 
     def _commit_retrying(self, producer: Producer) -> bool:
-        """``commit_transaction``, called again while it fails with a retriable error, for
+        """``commit_transaction`` on the same producer (:meth:`_on_same_producer`); whether it
+        had to be made again."""
+        return self._on_same_producer(
+            lambda: producer.commit_transaction(KAFKA_CALL_S),
+            "commit not confirmed yet (%s): committing again",
+        )
+
+    def _on_same_producer(self, call: Callable[[], None], waiting: str | None = None) -> bool:
+        """``call``, made again every :data:`RETRY_PAUSE_S` while it fails with a retriable
+        error (not one that asks for an abort), logging ``waiting`` (``%s``: the error), for
         up to :data:`SAME_PRODUCER_S`; whether it had to be. Beyond, :class:`_Unsettled`."""
         deadline = time.monotonic() + SAME_PRODUCER_S
         retried = False
         while True:
             try:
                 with self.health.kafka_call():
-                    producer.commit_transaction(KAFKA_CALL_S)
+                    call()
                 return retried
             except KafkaException as exc:
                 err = kafka_error(exc)
                 if err is None or not err.retriable() or err.fatal() or err.txn_requires_abort():
                     raise
                 if self._fatal or time.monotonic() > deadline:
-                    raise _Unsettled(exc) from exc
+                    raise _Unsettled(*exc.args) from exc
                 retried = True
                 self.health.broker_reachable = False
-                log.warning("commit not confirmed yet (%s): committing again", err.str())
+                if waiting:
+                    log.warning(waiting, err.str())
                 time.sleep(RETRY_PAUSE_S)  # a call that fails at once must not spin
 
     def _recover(
@@ -623,21 +630,14 @@ class ConsumerLoop:
         raise Rewind(first_offsets(batch)) from exc
 
     def _aborted(self, producer: Producer) -> bool:
-        """Abort the open transaction, tried again while it fails with a retriable error
-        for up to :data:`SAME_PRODUCER_S`; whether it was aborted."""
-        deadline = time.monotonic() + SAME_PRODUCER_S
-        while True:
-            try:
-                with self.health.kafka_call():
-                    producer.abort_transaction(KAFKA_CALL_S)
-                return True
-            except KafkaException as exc:
-                err = kafka_error(exc)
-                if err is None or not err.retriable() or err.fatal() or time.monotonic() > deadline:
-                    log.warning("aborting the transaction: %s", exc)
-                    return False
-                self.health.broker_reachable = False
-                time.sleep(RETRY_PAUSE_S)
+        """Abort the open transaction on the same producer (:meth:`_on_same_producer`);
+        whether it was aborted."""
+        try:
+            self._on_same_producer(lambda: producer.abort_transaction(KAFKA_CALL_S))
+            return True
+        except KafkaException as exc:
+            log.warning("aborting the transaction: %s", exc)
+            return False
 
     def _committed_through(self, consumer: Consumer, batch: list[Any]) -> bool:
         """Whether the group's committed offsets already cover every message of ``batch``.
