@@ -2,7 +2,8 @@
 #
 #   docker build -t streamer:0.1.0 .
 #   docker run --read-only --tmpfs /tmp -v streamer-history:/var/lib/streamer \
-#     -v streamer-cache:/var/cache/streamer -e STREAMER_BOOTSTRAP_SERVERS=... streamer:0.1.0
+#     -v streamer-cache:/var/cache/streamer -e STREAMER_BOOTSTRAP_SERVERS=... \
+#     -e STREAMER_INPUT_TOPICS=... streamer:0.1.0
 #
 # Two stages: "builder" resolves and installs everything into a virtual environment at
 # /opt/venv; the final stage copies only that environment onto a fresh slim image (no pip

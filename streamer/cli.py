@@ -140,6 +140,7 @@ def replay(
     from streamer.replay import replay as run_replay
     from streamer.sinks import RejectsFile, open_record_sink
     from streamer.sources import iter_archive_messages
+    from streamer.sources.archive import ArchiveError
 
     reductions = [r.strip() for r in reduction.split(",") if r.strip()]
     try:
@@ -177,6 +178,8 @@ def replay(
                 batch_size=batch_size,
                 on_batch=lambda batch, outcome: bar.update(len(batch)),
             )
+        except ArchiveError as exc:
+            raise click.ClickException(str(exc)) from exc
         finally:
             bar.close()
             rejects.close()

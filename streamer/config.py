@@ -13,6 +13,7 @@ logs or error messages.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -164,8 +165,9 @@ class Config:
             raise ConfigError(
                 f"STREAMER_DEAD_LETTER_MAX_BYTES: must not be negative, got {self.dead_letter_max_bytes}"
             )
-        if self.batch_max_wait_s <= 0:
-            raise ConfigError(f"STREAMER_BATCH_MAX_WAIT_S: must be positive, got {self.batch_max_wait_s}")
+        for name in ("batch_max_wait_s", "broker_outage_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"STREAMER_{name.upper()}: must be positive, got {getattr(self, name)}")
         for name in ("onnx_batch_size", "onnx_threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"STREAMER_{name.upper()}: must be at least 1, got {getattr(self, name)}")
@@ -187,6 +189,11 @@ class Config:
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"STREAMER_LOG_FORMAT: expected text or json, got {self.log_format!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(
+                "STREAMER_LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, "
+                f"got {self.log_level!r}"
+            )
         if self.start_from not in ("committed", "beginning", "end", "time"):
             raise ConfigError(
                 f"STREAMER_START_FROM: expected committed, beginning, end or time, got {self.start_from!r}"
@@ -277,9 +284,16 @@ def _convert(name: str, kind: Any, value: Any) -> Any:
         if text.startswith("int"):
             if isinstance(value, bool):
                 raise ValueError
-            return int(value) if str(value).strip() else None
+            if not str(value).strip():
+                if "None" in text:
+                    return None
+                raise ValueError
+            return int(value)
         if text.startswith("float"):
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
         if text.startswith("dict"):
             raise ValueError
         return str(value) if str(value) != "" or "None" not in text else None

@@ -6,7 +6,7 @@ once into a cache, and :class:`LocalKafka` runs ``java -cp <jars> kafka.Kafka`` 
 ports with its storage formatted by ``kafka.tools.StorageTool``.
 
 * :func:`ensure_kafka_classpath` — the broker's jars (resolved on first use, about 45 MB,
-  cached under ``$STREAMER_KAFKA_CACHE`` or ``~/.cache/streamer/kafka``). Needs ``mvn``.
+  cached under ``$STREAMER_LOCAL_KAFKA_CACHE`` or ``~/.cache/streamer/kafka``). Needs ``mvn``.
 * :class:`LocalKafka` — context manager; ``bootstrap_servers``; :meth:`LocalKafka.pause` /
   :meth:`LocalKafka.resume` stop and restart the broker on the same ports and data (an
   outage); :meth:`LocalKafka.freeze` / :meth:`LocalKafka.thaw` suspend it (a hung broker).
@@ -70,7 +70,7 @@ DEFAULT_KAFKA_VERSION = "4.3.1"
 #: log4j-api/log4j-core 2.25.4 and slf4j-api 1.7.36 but no binding between them).
 DEFAULT_LOG4J_VERSION = "2.25.4"
 SCALA_BINARY = "2.13"
-CACHE_ENV = "STREAMER_KAFKA_CACHE"
+CACHE_ENV = "STREAMER_LOCAL_KAFKA_CACHE"
 BROKER_MAIN = "kafka.Kafka"
 STORAGE_TOOL_MAIN = "kafka.tools.StorageTool"
 _CLASSPATH_FILE = "classpath.txt"
@@ -90,7 +90,7 @@ class KafkaLocalError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    """``$STREAMER_KAFKA_CACHE``, else ``$XDG_CACHE_HOME/streamer/kafka`` (``~/.cache/...``)."""
+    """``$STREAMER_LOCAL_KAFKA_CACHE``, else ``$XDG_CACHE_HOME/streamer/kafka`` (``~/.cache/...``)."""
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")

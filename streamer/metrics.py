@@ -103,7 +103,9 @@ class Health:
     librdkafka may block past its timeouts while a coordinator is down (librdkafka #5456).
     One that has waited longer than ``max_call_s`` makes it dead: librdkafka can also block
     for good (in ``send_offsets_to_transaction`` after an outage), and a restart resumes
-    from the committed offsets.
+    from the committed offsets. A history restore is timed the same way, from the last
+    record it read (:meth:`progress`). Until the model is loaded the service is not alive
+    either: start-up is the startup probe's to time.
     """
 
     def __init__(
@@ -126,6 +128,17 @@ class Health:
     def beat(self) -> None:
         self.last_beat = self.clock()
 
+    def model_ready(self) -> None:
+        """The model is loaded: liveness is timed from now (a download can take minutes)."""
+        self.model_loaded = True
+        self.beat()
+
+    def progress(self) -> None:
+        """A long blocking call (a history restore) read on: it is timed from now."""
+        if self.kafka_call_since is not None:
+            self.kafka_call_since = self.clock()
+        self.beat()
+
     @contextmanager
     def kafka_call(self) -> Iterator[None]:
         """Mark a blocking Kafka call; on success the broker is reachable."""
@@ -142,6 +155,10 @@ class Health:
         return 0.0 if since is None else self.clock() - since
 
     def alive(self) -> tuple[bool, str]:
+        if not self.model_loaded:
+            # Start-up is the startup probe's to time (deploy/ gives it 10 minutes): until
+            # the model is loaded, liveness answers 503 so that probe keeps waiting.
+            return False, "starting: model not loaded"
         blocked = self._stalled()
         if blocked > self.max_call_s:
             return False, f"a Kafka call has blocked for {blocked:.0f} s"

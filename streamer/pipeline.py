@@ -8,6 +8,7 @@ messages come from or where the records go.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from streamer.alerts import AlertDecoder, RejectedAlert
+from streamer.alerts import AlertDecoder, RejectedAlert, SchemaRegistryUnavailable
 from streamer.embedder import LightCurveEmbedder
 from streamer.history import HistoryStore
 from streamer.photometry import DecodedAlert
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from streamer.decode_pool import DecodePool
 
 CONTAINER_MAGIC = b"Obj\x01"
+
+log = logging.getLogger("streamer.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,14 +225,22 @@ def decode_messages(decoder: AlertDecoder, messages: Iterable[Message]) -> Decod
     origins: list[Message] = []
     rejections: list[Rejection] = []
     for message in messages:
-        if message.data[:4] == CONTAINER_MAGIC:
-            _decode_container(decoder, message, alerts, origins, rejections)
-            continue
         try:
+            if message.data[:4] == CONTAINER_MAGIC:
+                _decode_container(decoder, message, alerts, origins, rejections)
+                continue
             alerts.append(decoder.decode(message.data))
             origins.append(message)
         except RejectedAlert as r:
             rejections.append(Rejection(r.reason, r.detail, message.source, message.data))
+        except (SchemaRegistryUnavailable, MemoryError):
+            raise  # not the message's fault: the runner retries or stops
+        except Exception as exc:
+            # A decoding bug met by one message: it is dead-lettered, not the service stopped
+            # (a restart would meet it again); the log keeps the traceback for a report.
+            log.exception("decoding %s raised an unexpected error; it is rejected", message.source)
+            detail = f"{type(exc).__name__}: {exc}"[:1000]
+            rejections.append(Rejection("decode_error", detail, message.source, message.data))
     return alerts, origins, rejections
 
 
@@ -244,6 +255,7 @@ def _decode_container(
     found: list[DecodedAlert | RejectedAlert] = []
     for alert in decoder.iter_container(message.data, on_reject=found.append):
         found.append(alert)
+    # Nothing is kept before the whole file is read: an unexpected error rejects all of it.
     if not found:
         rejections.append(
             Rejection("bad_container", "container file holds no alert", message.source, message.data)

@@ -83,7 +83,7 @@ class Repartitioner(ConsumerLoop):
     def __init__(self, config: Config, metrics: ServiceMetrics | None = None) -> None:
         check_config(config)
         self._init_loop(config, metrics)
-        self.health.model_loaded = True  # there is none: ready once assigned and connected
+        self.health.model_ready()  # there is none: ready once assigned and connected
         self.stats = dict.fromkeys(("messages", "alerts", "rejected", "batches"), 0)
         self._kafka: tuple[Consumer, Producer, KafkaRecordSink[DecodedAlert]]
 

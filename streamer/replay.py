@@ -6,7 +6,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 
 from streamer.pipeline import BatchOutcome, Message, Pipeline
 from streamer.sinks import RecordSink, RejectsFile
@@ -51,8 +50,22 @@ class ReplaySummary:
 
 
 def _batches(messages: Iterable[Message], size: int) -> Iterator[list[Message]]:
+    """Batches of ``size`` messages. When reading fails (a corrupt archive file), the
+    messages read before it still make a batch; the error is raised after it."""
     it = iter(messages)
-    while batch := list(islice(it, size)):
+    while True:
+        batch: list[Message] = []
+        try:
+            for message in it:
+                batch.append(message)
+                if len(batch) == size:
+                    break
+        except Exception:
+            if batch:
+                yield batch
+            raise
+        if not batch:
+            return
         yield batch
 
 

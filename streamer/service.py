@@ -177,7 +177,7 @@ class Service(ConsumerLoop):
         self.metrics.model_info.labels(
             model=name, sha256=model.model_sha256 or "", output=model.output, reduction=embedder.reduction
         ).set(1)
-        self.health.model_loaded = True
+        self.health.model_ready()
         history: HistoryStore | PartitionedHistory
         if c.history_changelog_topic:
             history = self._partitioned = PartitionedHistory(
@@ -236,13 +236,16 @@ class Service(ConsumerLoop):
             }
         )
         try:
-            stats = self._partitioned.assign(
-                [p.partition for p in partitions],
-                reader,
-                committed,
-                timeout_s=c.broker_outage_s,
-                settle_s=CHANGELOG_SETTLE_S,
-            )
+            # Timed as a blocking Kafka call from its last record read, not as a silent loop.
+            with self.health.kafka_call():
+                stats = self._partitioned.assign(
+                    [p.partition for p in partitions],
+                    reader,
+                    committed,
+                    timeout_s=c.broker_outage_s,
+                    settle_s=CHANGELOG_SETTLE_S,
+                    on_progress=self.health.progress,
+                )
         except ChangelogError as exc:
             raise FatalKafkaError(f"history changelog: {exc}") from exc
         finally:

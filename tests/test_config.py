@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+from unittest import mock
 
+import pytest
+from confluent_kafka import Producer
+
+from streamer import kafka_local
 from streamer.config import Config, ConfigError
 
 BASE = {"STREAMER_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "STREAMER_INPUT_TOPICS": "lsst-alerts, ztf-alerts"}
@@ -84,6 +89,12 @@ def test_kafka_properties_pass_through_and_secrets_come_from_files(tmp_path) -> 
             "STREAMER_ONNX_PROVIDERS: CUDAExecutionProvider not in this onnxruntime build",
         ),
         ({**BASE, "STREAMER_ONNX_THREADS": "0"}, "STREAMER_ONNX_THREADS: must be at least 1"),
+        ({**BASE, "STREAMER_METRICS_PORT": ""}, "STREAMER_METRICS_PORT: expected integer, got ''"),
+        ({**BASE, "STREAMER_BATCH_MAX_MESSAGES": " "}, "STREAMER_BATCH_MAX_MESSAGES: expected integer"),
+        ({**BASE, "STREAMER_BATCH_MAX_WAIT_S": "nan"}, "STREAMER_BATCH_MAX_WAIT_S: expected float"),
+        ({**BASE, "STREAMER_BROKER_OUTAGE_S": "inf"}, "STREAMER_BROKER_OUTAGE_S: expected float, got 'inf'"),
+        ({**BASE, "STREAMER_BROKER_OUTAGE_S": "0"}, "STREAMER_BROKER_OUTAGE_S: must be positive"),
+        ({**BASE, "STREAMER_LOG_LEVEL": "verbose"}, "STREAMER_LOG_LEVEL: expected DEBUG, INFO, WARNING"),
         ({**BASE, "STREAMER_DECODE_PROCESSES": "-1"}, "STREAMER_DECODE_PROCESSES: must not be negative"),
         ({**BASE, "STREAMER_CURVE_MEMO_BYTES": "-5"}, "STREAMER_CURVE_MEMO_BYTES: must not be negative"),
         (
@@ -151,3 +162,18 @@ def test_history_changelog_keeps_one_store_file_per_partition_in_a_directory(tmp
         ConfigError, match=r"STREAMER_HISTORY_PATH: .* is a file; with STREAMER_HISTORY_CHANGELOG"
     ):
         Config.load({**env, "STREAMER_HISTORY_PATH": str(tmp_path / "h.sqlite")})
+
+
+def test_an_empty_optional_integer_means_unset() -> None:
+    assert Config.load({**BASE, "STREAMER_ONNX_THREADS": ""}).onnx_threads is None
+
+
+def test_the_local_brokers_jar_cache_variable_is_not_taken_for_a_librdkafka_property(tmp_path) -> None:
+    """``make demo`` and the tests load the whole environment: moving the jar cache must
+    not hand librdkafka an unknown property (``STREAMER_KAFKA_*`` pass through)."""
+    env = {**BASE, kafka_local.CACHE_ENV: str(tmp_path)}
+    with mock.patch.dict(os.environ, {kafka_local.CACHE_ENV: str(tmp_path)}):
+        assert kafka_local.default_cache_dir() == tmp_path
+    config = Config.load(env)
+    assert config.kafka == {}
+    Producer({"bootstrap.servers": config.bootstrap_servers, **config.kafka})

@@ -44,3 +44,17 @@ def test_a_silent_loop_fails_liveness_but_not_while_a_kafka_call_blocks() -> Non
     with health.kafka_call():
         clock.now = 200.0
         assert health.alive() == (True, "ok")
+
+
+def test_liveness_waits_for_the_model_then_times_the_loop_from_its_load() -> None:
+    """A model download can outlast the liveness bound: until the model is loaded
+    ``/healthz`` answers 503 (the startup probe's 10 minutes apply), and the silence
+    of the load does not count against the loop afterwards."""
+    clock = _Clock()
+    health = Health(clock=clock)
+    clock.now = 500.0
+    assert health.alive() == (False, "starting: model not loaded")
+    health.model_ready()
+    assert health.alive() == (True, "ok")
+    clock.now = 561.0
+    assert health.alive() == (False, "processing loop silent for 61 s")

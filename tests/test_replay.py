@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -155,3 +156,20 @@ def test_missing_model_file_is_a_clear_error(tmp_path, alerts) -> None:
     )
     assert code == 1
     assert "does not exist" in output
+
+
+def test_a_corrupt_gz_file_stops_the_replay_with_an_error_naming_it(tmp_path, atcat_file, alerts) -> None:
+    archive = tmp_path / "alerts"
+    archive.mkdir()
+    name, data, _, _ = alerts[0]
+    (archive / f"a-{name}").write_bytes(data)
+    corrupt = bytearray(gzip.compress(data))
+    corrupt[20:30] = b"\xff" * 10
+    (archive / "b-broken.avro.gz").write_bytes(bytes(corrupt))
+    out = tmp_path / "embeddings.jsonl"
+    code, output = _replay([str(archive), "-o", str(out), "--model-file", str(atcat_file)])
+    assert code == 1
+    assert "b-broken.avro.gz: not a readable gzip file" in output
+    assert "Traceback" not in output
+    # The alert read before the broken file is embedded and written.
+    assert [json.loads(line)["alert_id"] for line in out.read_text().splitlines()] == [alerts[0][2]]

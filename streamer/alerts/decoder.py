@@ -25,6 +25,8 @@ from enum import StrEnum
 from os import PathLike
 from typing import Any
 
+import numpy as np
+
 from streamer.alerts import photometry_codec
 from streamer.alerts.container import (
     CONTAINER_MAGIC,
@@ -79,6 +81,14 @@ class _DecodingPlan:
 
 def _plan(schema: dict[str, Any]) -> _DecodingPlan:
     """Pick the survey mapping from the writer schema's name and prune its reader schema."""
+    try:
+        return _survey_plan(schema)
+    except RecursionError:
+        # The schema walks recurse once per nesting level; fastavro parses deeper schemas.
+        raise RejectedAlert("unknown_schema", "the writer schema nests too deeply") from None
+
+
+def _survey_plan(schema: dict[str, Any]) -> _DecodingPlan:
     name = schema.get("name", "")
     if name.startswith(("lsst.", "elasticc.")):
         layout = dia_layout(schema)
@@ -89,6 +99,17 @@ def _plan(schema: dict[str, Any]) -> _DecodingPlan:
         check_ztf_schema(schema)
         return _DecodingPlan(Projection(schema, ZTF_FIELDS), ztf_alert)
     raise RejectedAlert("unknown_schema", f"{name!r} is not a Rubin, ELAsTiCC or ZTF alert schema")
+
+
+def _checked_photometry(alert: DecodedAlert) -> DecodedAlert:
+    """A photometry record's alert, if the history can take it (the codec keeps any floats)."""
+    if not alert.object_id:
+        raise RejectedAlert("null_object_id", f"alert {alert.alert_id}: object_id is empty")
+    if not np.isfinite(alert.alert_time) or not np.isfinite(alert.points["time"]).all():
+        raise RejectedAlert(
+            "non_finite_time", f"alert {alert.alert_id}: alert_time or a point time is not finite"
+        )
+    return alert
 
 
 def _load_schemaless_schema(source: SchemaSource) -> dict[str, Any]:
@@ -135,7 +156,8 @@ class AlertDecoder:
     ----------
     dropped_rows : collections.Counter
         History rows dropped as unusable, by check (``non_finite_flux``, ``negative_error``,
-        ``unknown_band``, ``non_finite_time``, ``non_finite_error``, ``non_finite_limit``).
+        ``unknown_band``, ``non_finite_time``, ``non_finite_error``, ``non_finite_limit``,
+        ``after_trigger``).
     """
 
     def __init__(
@@ -194,7 +216,7 @@ class AlertDecoder:
         if framing is Framing.CONTAINER:
             return self._decode_container(message)
         if framing is Framing.PHOTOMETRY:
-            return photometry_codec.decode(message)
+            return _checked_photometry(photometry_codec.decode(message))
         if self.framing is Framing.AUTO:
             try:
                 return self._decode_schemaless(message)

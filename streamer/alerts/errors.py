@@ -13,14 +13,18 @@ REJECTION_REASONS: dict[str, str] = {
     "unknown_schema": "no schema for the Confluent schema id, or a schema that is not an alert we map",
     "schema_mismatch": "the payload does not decode with its schema (bad union index, UTF-8, trailing bytes)",
     "null_object_id": "the alert names no object (null or empty object id)",
-    "non_finite_time": "the triggering detection has a null or non-finite time",
-    "non_finite_flux": "the triggering detection has a null or non-finite flux (or an unknown ZTF sign)",
-    "non_finite_error": "the triggering detection has a null or non-finite flux error",
+    "non_finite_time": "the triggering detection has a null or non-finite time (or one past 1e30 in "
+    "magnitude)",
+    "non_finite_flux": "the triggering detection has a null or non-finite flux (or one past 1e30 in "
+    "magnitude, or an unknown ZTF sign)",
+    "non_finite_error": "the triggering detection has a null or non-finite flux error (or one past 1e30)",
     "negative_error": "the triggering detection has a negative flux error",
     "unknown_band": "the triggering detection has a null band or one outside u g r i z y",
     "no_usable_point": "no photometry row survived validation, or (embedding) the alert's as-of light "
     "curve holds no point the model can use",
     "oversized": "the message is longer than the configured max_message_bytes; it is not decoded",
+    "decode_error": "decoding raised an unexpected error (a bug in streamer: the detail names the error, "
+    "the log has its traceback; please report it with the message)",
 }
 
 

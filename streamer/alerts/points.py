@@ -22,6 +22,9 @@ NO_BAND = 255
 BAND_CODES: dict[str, int] = {**BAND_INDEX, "Y": BAND_INDEX["y"]}
 #: Two measurements of one band closer than this (days) belong to the same visit.
 SAME_VISIT_DAYS = 1e-6
+#: Largest usable magnitude of a time, flux or flux error: past it, the models' float32
+#: inputs (times relative to a window's first, rescaled fluxes) overflow to inf.
+MAX_ABS_VALUE = 1e30
 
 # Row checks in the order they are reported; index 0 means the row is usable. The names
 # of the first five double as rejection reasons when the failing row is the trigger.
@@ -33,6 +36,7 @@ _CHECKS = (
     "non_finite_error",
     "negative_error",
     "non_finite_limit",
+    "after_trigger",
 )
 
 
@@ -72,17 +76,22 @@ def failed_checks(points: np.ndarray) -> np.ndarray:
     """Index into the row checks of the first check each row fails (0: usable).
 
     Detections and forced points need a finite flux and a finite, non-negative error;
-    upper limits need a finite limiting magnitude. Every row needs a time and a band.
+    a time, flux or error beyond :data:`MAX_ABS_VALUE` counts as non-finite;
+    upper limits need a finite limiting magnitude. Every row needs a time and a band, and
+    no history row may be later than the trigger (row 0): a copy of a later alert's
+    trigger would otherwise stand in for it in the history (its first copy wins there).
     """
     measured = points["kind"] != PointKind.UPPER_LIMIT
     flux_err = points["flux_err"]
+    # ``~(abs <= limit)`` is also True for NaN and inf.
     conditions = [
-        ~np.isfinite(points["time"]),
+        ~(np.abs(points["time"]) <= MAX_ABS_VALUE),
         points["band"] == NO_BAND,
-        measured & ~np.isfinite(points["flux"]),
-        measured & ~np.isfinite(flux_err),
+        measured & ~(np.abs(points["flux"]) <= MAX_ABS_VALUE),
+        measured & ~(np.abs(flux_err) <= MAX_ABS_VALUE),
         measured & (flux_err < 0),
         ~measured & ~np.isfinite(points["mag"]),
+        points["time"] > points["time"][:1] + SAME_VISIT_DAYS,
     ]
     failures = np.zeros(len(points), dtype=np.uint8)
     # Later checks first, so that the first failing check of a row is the one that stays.

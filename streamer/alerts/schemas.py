@@ -105,7 +105,14 @@ def record_schema(schema: Any, named: Mapping[str, Any]) -> dict[str, Any] | Non
 
 def _value_types(schema: Any) -> set[str]:
     branches = schema if isinstance(schema, list) else [schema]
-    return {branch.get("type", "?") if isinstance(branch, dict) else branch for branch in branches}
+    # A logical type makes fastavro return datetime, date or UUID objects, not numbers or
+    # text: report it with its type ("long/timestamp-millis"), so no expected set allows it.
+    return {
+        "/".join(filter(None, (branch.get("type", "?"), branch.get("logicalType"))))
+        if isinstance(branch, dict)
+        else branch
+        for branch in branches
+    }
 
 
 def check_fields(

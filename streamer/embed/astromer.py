@@ -109,6 +109,10 @@ class _AstromerModel(SingleBandModel):
             **engine_kwargs,
         )
 
+    def preprocess_lc(self, time: ArrayLike, mag: ArrayLike) -> AstromerInputs:  # type: ignore[override]
+        """Model tensors of one single-band light curve."""
+        return super().preprocess_lc(time, mag)  # type: ignore[return-value]
+
     def _window_tensors(self, *padded: np.ndarray) -> AstromerInputs:
         time, mag, mask = padded
         n_valid = mask.sum(axis=-1, keepdims=True)

@@ -136,6 +136,12 @@ class ATCAT(MultiBandModel):
         """
         return super().__call__(time, flux, flux_err, band=band)
 
+    def preprocess_lc(  # type: ignore[override]
+        self, time: ArrayLike, flux: ArrayLike, flux_err: ArrayLike, band: ArrayLike
+    ) -> ATCATInputs:
+        """Model tensors of one light curve; ``band`` holds model bands 0-5 (LSST u g r i z Y)."""
+        return super().preprocess_lc(time, flux, flux_err, band)  # type: ignore[return-value]
+
     def _window_tensors(self, *padded: np.ndarray) -> ATCATInputs:
         time, flux, flux_err, band, mask = padded
         # Windows are filled from the left, so the first valid time is at position 0.

@@ -230,6 +230,7 @@ def restore(
     timeout_s: float,
     settle_s: float,
     clock: Callable[[], float] = time.monotonic,
+    on_progress: Callable[[], None] = lambda: None,
 ) -> dict[int, RestoreStats]:
     """Apply changelog partitions to their stores, from their checkpoints to the end.
 
@@ -256,6 +257,9 @@ def restore(
         Give up (:class:`ChangelogError`) when nothing is read for that long (broker away);
         the time a restore takes is otherwise bounded by the partition's size (compacted,
         about one record per object).
+    on_progress : callable, optional
+        Called after each record read and each partition end reached (the service's
+        liveness).
 
     Returns
     -------
@@ -293,9 +297,11 @@ def restore(
                     if err is None:
                         partitions[p].read(msg)
                         progress = clock()
+                        on_progress()
                     elif err.code() == KafkaError._PARTITION_EOF:
                         reading.discard(p)
                         progress = clock()
+                        on_progress()
                     elif err.fatal() or err.code() in _REFUSALS:
                         raise ChangelogError(f"reading {topic}[{p}]: {err.str()}")
                     else:  # the broker away or moving: the timeout bounds the wait

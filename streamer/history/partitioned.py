@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,7 @@ class PartitionedHistory:
         *,
         timeout_s: float,
         settle_s: float,
+        on_progress: Callable[[], None] = lambda: None,
     ) -> dict[int, RestoreStats]:
         """Activate the stores of newly assigned partitions, restored from the changelog.
 
@@ -89,6 +90,7 @@ class PartitionedHistory:
         committed : dict of int to int
             The committed input offset of each partition (negative: none).
         timeout_s, settle_s : float
+        on_progress : callable, optional
             See :func:`~streamer.history.changelog.restore`.
         """
         wanted = [p for p in partitions if p not in self._active]
@@ -104,6 +106,7 @@ class PartitionedHistory:
                 committed,
                 timeout_s=timeout_s,
                 settle_s=settle_s,
+                on_progress=on_progress,
             )
         except BaseException:
             self._idle.update(stores)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import tarfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -53,8 +54,7 @@ def _file_messages(path: Path) -> Iterator[Message]:
     if _is(path, TAR_SUFFIXES):
         yield from _tar_messages(path)
     elif path.name.lower().endswith(".gz"):
-        with gzip.open(path, "rb") as f:
-            yield Message(f.read(), str(path))
+        yield Message(_gunzip(path.read_bytes(), str(path)), str(path))
     else:
         yield Message(path.read_bytes(), str(path))
 
@@ -70,7 +70,15 @@ def _tar_messages(path: Path) -> Iterator[Message]:
                     continue
                 data = f.read()
                 if member.name.lower().endswith(".gz"):
-                    data = gzip.decompress(data)
+                    data = _gunzip(data, f"{path}:{member.name}")
                 yield Message(data, f"{path}:{member.name}")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ArchiveError(f"{path}: unreadable tar archive ({exc})") from exc
+
+
+def _gunzip(data: bytes, where: str) -> bytes:
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        # zlib.error (corrupt deflate data) is neither an OSError nor an EOFError.
+        raise ArchiveError(f"{where}: not a readable gzip file ({exc})") from None

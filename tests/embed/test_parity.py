@@ -120,7 +120,8 @@ def test_preprocess_and_predict_match_reference(astromer_file, atcat_file) -> No
     time, mag, flux, flux_err, _ = random_curve(rng, {"g": 450})
     session = ort.InferenceSession(str(astromer_file))
     ours, ref = se.Astromer1(session), lce.Astromer1(session)
-    ours_t, ref_t = ours.preprocess_lc(time, mag), ref.preprocess_lc(time, mag)
+    # By name, as the reference's signatures allow.
+    ours_t, ref_t = ours.preprocess_lc(time=time, mag=mag), ref.preprocess_lc(time=time, mag=mag)
     for name, value in ref_t.asdict().items():
         np.testing.assert_array_equal(ours_t.asdict()[name], value)
     _assert_same(ours.predict_tensors(ours_t), ref.predict_tensors(ref_t))
@@ -129,8 +130,8 @@ def test_preprocess_and_predict_match_reference(astromer_file, atcat_file) -> No
     ours_a, ref_a = se.ATCAT(session), lce.ATCAT(session)
     band = rng.integers(0, 6, time.size)
     ours_t, ref_t = (
-        ours_a.preprocess_lc(time, flux, flux_err, band),
-        ref_a.preprocess_lc(time, flux, flux_err, band),
+        ours_a.preprocess_lc(time=time, flux=flux, flux_err=flux_err, band=band),
+        ref_a.preprocess_lc(time=time, flux=flux, flux_err=flux_err, band=band),
     )
     for name, value in ref_t.asdict().items():
         np.testing.assert_array_equal(ours_t.asdict()[name], value)

@@ -16,6 +16,7 @@ from streamer.alerts import photometry_codec
 from streamer.history import MemoryHistoryStore, PartitionedHistory, SQLiteHistoryStore
 from streamer.history import changelog as cl
 from streamer.history.changelog import Checkpoint
+from streamer.metrics import Health
 from streamer.photometry import DecodedAlert
 
 MakeSurvey = Callable[..., list[DecodedAlert]]
@@ -192,6 +193,43 @@ def test_restore_goes_on_with_a_warning_when_the_changelog_never_catches_up(
     )
     assert stats[0].checkpoint == Checkpoint(1, 5)
     assert "reflects input up to offset 5 but offset 9 is committed" in caplog.text
+
+
+def test_a_restore_longer_than_the_liveness_bound_keeps_the_service_alive_while_it_reads(
+    make_survey: MakeSurvey,
+) -> None:
+    """A big changelog read slowly (here 100 s a record) takes longer than ``/healthz``
+    allows one Kafka call (300 s); the restore reports each record read, so the pod is
+    restarted only when reading stops, not because the read is long."""
+    store = MemoryHistoryStore()
+    store.merge(make_survey(4, n_objects=4))
+    log = [*_records(_histories(store)), _position(4)]
+    now = [0.0]
+    health = Health(clock=lambda: now[0], max_call_s=300.0)
+    health.model_ready()
+    answers = []
+
+    class Slow(_Changelog):
+        def consume(self, num_messages: int, timeout: float) -> list[_Message]:
+            now[0] += 100.0
+            answers.append(health.alive())
+            return super().consume(1, timeout)
+
+    with health.kafka_call():
+        cl.restore(
+            Slow({0: log}),
+            "changelog",
+            {0: (MemoryHistoryStore(), Checkpoint())},
+            {0: 4},
+            timeout_s=240,
+            settle_s=1,
+            clock=lambda: now[0],
+            on_progress=health.progress,
+        )
+        assert now[0] > 500.0
+        assert answers == [(True, "ok")] * len(answers)
+        now[0] += 301.0  # then reading stops: the restore is stuck
+        assert health.alive() == (False, "a Kafka call has blocked for 301 s")
 
 
 def test_partitioned_stores_keep_their_checkpoint_in_their_file(
