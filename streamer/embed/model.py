@@ -8,7 +8,9 @@ per-window pre-processing. Outputs equal the reference's for the same ONNX file.
 What this adds for streams is :meth:`EmbeddingSession.embed_many`: the windows of every
 light curve (and band) are planned and gathered with vectorised numpy, concatenated,
 run through onnxruntime in chunks of ``batch_size`` windows, then split and reduced per
-light curve. Results are identical to calling the model on each light curve.
+light curve. Every run gets exactly ``batch_size`` windows (the last chunk padded), so a
+window's embedding does not depend on its batch, and results are identical, bit for bit,
+to calling the model on each light curve.
 """
 
 from __future__ import annotations
@@ -326,7 +328,15 @@ class EmbeddingSession(ABC):
         out: np.ndarray | None = None
         for start in range(0, n, self.batch_size):
             stop = min(start + self.batch_size, n)
-            (chunk,) = self.session.run([self.output], {k: v[start:stop] for k, v in feeds.items()})
+            rows: slice | np.ndarray = slice(start, stop)
+            if stop - start < self.batch_size:
+                # onnxruntime's kernels round differently for different batch sizes (e.g. its
+                # ReduceSum with one row), so every run gets exactly batch_size windows, the
+                # last one repeated: a window's output then does not depend on what else is
+                # in the batch (replay order, micro-batch size, cache and memo hits).
+                rows = np.minimum(np.arange(start, start + self.batch_size), stop - 1)
+            (chunk,) = self.session.run([self.output], {k: v[rows] for k, v in feeds.items()})
+            chunk = chunk[: stop - start]
             if chunk.ndim == 2:  # pooled outputs have no sequence axis: add SEQUENCE=1
                 chunk = chunk[:, np.newaxis, :]
             if out is None:

@@ -289,17 +289,35 @@ class NonOverlappingWindows(Reduction):
         counts = np.bincount(unit, minlength=n_units)
         starts = np.cumsum(counts) - counts
         if output != "sequence":
-            # add.reduceat sums the windows of a unit one after another, as np.mean does,
-            # and dividing by the count in the embedding's own dtype matches np.mean's
-            # rounding bit for bit.
-            sums = np.add.reduceat(embeddings, starts, axis=0)
-            divisor = counts.astype(embeddings.dtype)[:, np.newaxis, np.newaxis]
-            return np.true_divide(sums, divisor)[:, np.newaxis]
+            # np.mean, as the reference calls it: float16 windows are summed in float32, then
+            # divided by the count and rounded back to float16.
+            acc = np.dtype(np.float32) if embeddings.dtype == np.float16 else embeddings.dtype
+            sums = _sum_windows(embeddings, starts, counts, acc)
+            means = np.true_divide(sums, counts.astype(acc)[:, np.newaxis, np.newaxis])
+            return means.astype(embeddings.dtype, copy=False)[:, np.newaxis]
         masked = embeddings * bool_mask[:, :, np.newaxis]
-        window_sum = np.add.reduceat(masked, starts, axis=0)
+        window_sum = _sum_windows(masked, starts, counts, masked.dtype)
         n_valid = np.maximum(np.add.reduceat(bool_mask.astype(np.int64), starts, axis=0), 1)
         # The reference divides by an integer count array, which promotes to float64.
         return (window_sum / n_valid[:, :, np.newaxis])[:, np.newaxis]
+
+
+def _sum_windows(values: np.ndarray, starts: np.ndarray, counts: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Sum of each unit's consecutive windows, in the order of ``np.sum(axis=0)``.
+
+    The reference reduces with ``np.mean`` / ``np.sum`` over the window axis, which add the
+    windows one after another onto +0.0. ``np.add.reduceat`` adds them in another order
+    (``w0 + (w1 + w2 + ...)``) and keeps a lone ``-0.0``, so it differs in the last bit
+    from three windows on.
+    """
+    out = np.zeros((counts.size, *values.shape[1:]), dtype=dtype)
+    for k in range(int(counts.max(initial=0))):
+        units = np.flatnonzero(counts > k)
+        if units.size == counts.size:
+            out += values[starts + k]  # every unit has a k-th window (always so for k = 0)
+        else:
+            out[units] += values[starts[units] + k]
+    return out
 
 
 class MultipleReductions(Reduction):
