@@ -19,8 +19,10 @@ The rules, applied to everything stored for an object plus everything newly merg
 
 These rules make the stored light curve a function of the *set* of alerts merged so
 far, not of their order or batching; that is what lets a replay in any order reproduce
-the live results. The cap keeps that property (the most recent rows of a union do not
-depend on how it was put together), but the rows it trims are gone, also for as-of reads
+the live results, while objects stay under the cap. Rule 2 needs the detection of an
+epoch: once rule 3 has trimmed it, a forced row of that epoch merged later is kept (and
+shown), and merging the detection's alert again removes it, so a capped object's state
+depends on merge order and repeats. The rows the cap trims are gone, also for as-of reads
 of earlier times (see :class:`~streamer.history.store.HistoryStore`).
 """
 

@@ -86,7 +86,8 @@ class HistoryStore(ABC):
     by ``(object, kind, source_id)``; a forced measurement at a detection's epoch gives
     way to the detection; ``known_at`` is the earliest alert time of all merged alerts
     that carried the row. The stored state therefore depends only on which alerts have
-    been merged, not on their order or on repeats.
+    been merged, not on their order or on repeats, while the object stays under the cap
+    (see ``max_points_per_object``).
 
     Reads are *as of* a time: the curve for an alert holds only rows observed and known
     at or before that alert, so a replay in any order embeds exactly what live
@@ -100,7 +101,10 @@ class HistoryStore(ABC):
         disables the cap. Trimmed rows are gone: a curve read as of an earlier time no
         longer shows them, and merging an old alert again will not bring them back
         (they are older than everything kept). Replays reproduce live results only
-        while objects stay under the cap.
+        while objects stay under the cap: above it, an alert's curve also depends on
+        which newer alerts were merged before or with it (its micro-batch), and a forced
+        row whose detection was trimmed survives until that detection's alert is merged
+        again.
 
     Notes
     -----
