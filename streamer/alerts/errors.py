@@ -17,7 +17,8 @@ REJECTION_REASONS: dict[str, str] = {
     "magnitude)",
     "non_finite_flux": "the triggering detection has a null or non-finite flux (or one past 1e30 in "
     "magnitude, or an unknown ZTF sign)",
-    "non_finite_error": "the triggering detection has a null or non-finite flux error (or one past 1e30)",
+    "non_finite_error": "the triggering detection has a null or non-finite flux error (or one past 1e30 "
+    "in magnitude)",
     "negative_error": "the triggering detection has a negative flux error",
     "unknown_band": "the triggering detection has a null band or one outside u g r i z y",
     "no_usable_point": "no photometry row survived validation, or (embedding) the alert's as-of light "

@@ -72,6 +72,11 @@ def point_rows(
     return points
 
 
+def _out_of_range(values: np.ndarray) -> np.ndarray:
+    """NaN, infinite, or past :data:`MAX_ABS_VALUE` in magnitude."""
+    return ~(np.abs(values) <= MAX_ABS_VALUE)  # NaN compares False
+
+
 def failed_checks(points: np.ndarray) -> np.ndarray:
     """Index into the row checks of the first check each row fails (0: usable).
 
@@ -83,12 +88,11 @@ def failed_checks(points: np.ndarray) -> np.ndarray:
     """
     measured = points["kind"] != PointKind.UPPER_LIMIT
     flux_err = points["flux_err"]
-    # ``~(abs <= limit)`` is also True for NaN and inf.
     conditions = [
-        ~(np.abs(points["time"]) <= MAX_ABS_VALUE),
+        _out_of_range(points["time"]),
         points["band"] == NO_BAND,
-        measured & ~(np.abs(points["flux"]) <= MAX_ABS_VALUE),
-        measured & ~(np.abs(flux_err) <= MAX_ABS_VALUE),
+        measured & _out_of_range(points["flux"]),
+        measured & _out_of_range(flux_err),
         measured & (flux_err < 0),
         ~measured & ~np.isfinite(points["mag"]),
         points["time"] > points["time"][:1] + SAME_VISIT_DAYS,
