@@ -1,8 +1,8 @@
 """Alert decoding spread over worker processes (``STREAMER_DECODE_PROCESSES``).
 
-fastavro decodes under the GIL, so in one process decoding uses one core however many the
+Avro decoding holds the GIL, so in one process decoding uses one core however many the
 pod has: with Rubin alerts of a few hundred history rows that caps a replica at a few
-hundred alerts a second (``benchmarks/e2e.py``, small model), far below what a GPU, or a
+thousand alerts a second (``benchmarks/e2e.py``, small model), below what a GPU, or a
 many-core CPU, can embed. :class:`DecodePool` decodes a batch's messages in chunks, in
 worker processes that each hold their own :class:`~streamer.alerts.AlertDecoder` built
 with the same settings, and returns exactly what :func:`~streamer.pipeline.decode_messages`

@@ -72,7 +72,7 @@ class _DecodingPlan:
     """Everything derived from one writer schema: built once, reused for every alert.
 
     ``projection`` holds the parsed writer schema and the pruned reader schema that
-    fastavro decodes with, so neither is parsed again for the next alert.
+    cavro and fastavro decode with, so neither is parsed again for the next alert.
     """
 
     projection: Projection
@@ -126,11 +126,12 @@ def _load_schemaless_schema(source: SchemaSource) -> dict[str, Any]:
 class AlertDecoder:
     """Decode alert messages of any supported stream into :class:`DecodedAlert`.
 
-    fastavro decodes only the fields the pipeline needs, resolving each writer schema
-    against a pruned reader schema (see :class:`~streamer.alerts.projection.Projection`);
-    cutouts are skipped unread. Parsed writer and reader schemas are cached per Confluent
-    schema id and per fingerprint of a container file's embedded schema, so neither is
-    parsed again per message. A decoder is meant for one thread.
+    Only the fields the pipeline needs are decoded, each writer schema resolved against a
+    pruned reader schema (cavro, with fastavro for what cavro does not accept: see
+    :class:`~streamer.alerts.projection.Projection`); cutouts are skipped unread. Parsed
+    writer and reader schemas are cached per Confluent schema id and per fingerprint of a
+    container file's embedded schema, so neither is parsed again per message. A decoder is
+    meant for one thread.
 
     Parameters
     ----------
@@ -252,7 +253,13 @@ class AlertDecoder:
             for count, records, end in iter_container_blocks(data, header):
                 try:
                     for _ in range(count):
-                        record = plan.projection.read(records, end)
+                        # A one-record block (every ZTF message) is one datum to its end,
+                        # which cavro reads (see Projection).
+                        record = (
+                            plan.projection.read_to_end(records, end)
+                            if count == 1
+                            else plan.projection.read(records, end)
+                        )
                         try:
                             yield plan.to_alert(record, self.dropped_rows)
                         except RejectedAlert as rejection:
