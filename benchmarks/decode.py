@@ -8,8 +8,8 @@ Two workloads, measured in one run on one thread:
 
 Baselines: ``fastavro.schemaless_reader`` with the full (pre-parsed) writer schema for (a),
 ``fastavro.reader`` for (b), and fastavro with a pruned reader schema for both. Ours is
-``AlertDecoder.decode``: framing, Avro (fastavro with cached, pruned schemas) and the
-photometry points, so it does more work.
+``AlertDecoder.decode``: framing, Avro (cavro, or fastavro where cavro cannot read, with
+cached, pruned schemas) and the photometry points, so it does more work.
 
 The contenders run in interleaved rounds: each round times every contender once, in an
 order rotated from round to round, and the best round of each counts. Noise on a shared

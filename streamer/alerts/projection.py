@@ -26,7 +26,7 @@ written with the schema (``schema_mismatch``).
 from __future__ import annotations
 
 import io
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import fastavro
@@ -72,6 +72,77 @@ def named_types(schema: Any) -> dict[str, dict[str, Any]]:
     return found
 
 
+_FIXED_SIZES = {"null": 0, "boolean": 1, "float": 4, "double": 8}
+
+
+def _fixed_size(schema: Any, named: dict[str, Any], seen: frozenset[str] = frozenset()) -> int | None:
+    """Bytes every value of ``schema`` takes when that is one number (no length, count or index)."""
+    if isinstance(schema, str):
+        if schema in named and schema not in seen:
+            return _fixed_size(named[schema], named, seen | {schema})
+        return _FIXED_SIZES.get(schema)
+    if isinstance(schema, list):
+        return None  # a union writes its branch index
+    kind = schema["type"]
+    if kind == "fixed":
+        return int(schema["size"])
+    if kind in ("record", "error"):
+        inner = seen | {schema["name"]}
+        sizes = [_fixed_size(field["type"], named, inner) for field in schema["fields"]]
+        return None if None in sizes else sum(size for size in sizes if size is not None)
+    if kind in ("array", "map", "enum") or not isinstance(kind, str):
+        return None
+    return _fixed_size(kind, named, seen)
+
+
+def _arrays(schema: Any, named: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every array type in ``schema``, named types followed once."""
+    seen: set[str] = set()
+
+    def walk(node: Any) -> Iterator[dict[str, Any]]:
+        if isinstance(node, list):
+            for branch in node:
+                yield from walk(branch)
+        elif isinstance(node, str):
+            if node in named and node not in seen:
+                seen.add(node)
+                yield from walk(named[node])
+        elif isinstance(node, dict):
+            kind = node["type"]
+            if kind in _NAMED_TYPES:
+                seen.add(node["name"])
+            if kind in ("record", "error"):
+                for field in node["fields"]:
+                    yield from walk(field["type"])
+            elif kind == "array":
+                yield node
+                yield from walk(node["items"])
+            elif kind == "map":
+                yield from walk(node["values"])
+
+    return walk(schema)
+
+
+def array_of_nothing(schema: Any) -> bool:
+    """Whether ``schema`` has an array whose items take no bytes (null, size-0 fixed, ...).
+
+    A few bytes of block count then stand for up to 2**63 items that both codecs would
+    read (or skip) one by one: a message of a dozen bytes would hold the decoder for good.
+    """
+    named = named_types(schema)
+    return any(_fixed_size(array["items"], named) == 0 for array in _arrays(schema, named))
+
+
+def _skipped_unchecked(schema: Any, named: dict[str, Any]) -> bool:
+    """Whether fastavro, skipping a value of ``schema``, could run on past the data's end.
+
+    fastavro skips booleans, floats, doubles and fixed without checking that their bytes
+    are there: an array of such items with a corrupt block count would be skipped, past
+    the end of the message, for up to 2**63 items. Read instead, they fail at the end.
+    """
+    return any(_fixed_size(array["items"], named) is not None for array in _arrays(schema, named))
+
+
 def _strip_parse_hints(schema: Any) -> Any:
     """A parsed schema without fastavro's bookkeeping keys, safe to parse again."""
     if isinstance(schema, dict):
@@ -90,7 +161,9 @@ def reader_schema(writer_schema: Any, fields: Collection[str]) -> dict[str, Any]
         Writer schema as returned by :func:`fastavro.parse_schema`.
     fields : Collection[str]
         Names of the fields to keep, at any depth: a field is kept when its name is listed
-        and its enclosing record is kept.
+        and its enclosing record is kept. A field holding an array of booleans, floats,
+        doubles or fixed (or records of those) is kept too, listed or not: fastavro would
+        skip it without bounds checks (see ``_skipped_unchecked``).
 
     Returns
     -------
@@ -116,10 +189,11 @@ def reader_schema(writer_schema: Any, fields: Collection[str]) -> dict[str, Any]
                 return schema["name"]
             emitted.add(schema["name"])
         if kind in ("record", "error"):
+            # A field fastavro could not skip safely is read (and left unused) instead.
             kept = [
                 {**field, "type": prune(field["type"])}
                 for field in schema["fields"]
-                if field["name"] in wanted
+                if field["name"] in wanted or _skipped_unchecked(field["type"], definitions)
             ]
             return {**schema, "fields": kept}
         if kind == "array":
@@ -213,11 +287,19 @@ _UNREAD = object()
 MAX_CAVRO_DEPTH = 64
 
 
+def _kind(branch: Any) -> Any:
+    return branch["type"] if isinstance(branch, dict) else branch
+
+
 def _cavro_can_read(schema: Any) -> bool:
-    """Whether ``schema`` is neither recursive nor nested past :data:`MAX_CAVRO_DEPTH`.
+    """Whether ``schema`` is not recursive, nor nested past :data:`MAX_CAVRO_DEPTH`, nor
+    has a union of both ``string`` and ``bytes``.
 
     cavro 1.0 crashes the process (a segmentation fault, not an exception) resolving a
     recursive writer schema against a different reader schema, so those never reach it.
+    A value of a union's ``bytes`` branch is returned by cavro as bytes and by fastavro as
+    the reader union's first branch it can be promoted to, ``string``: such schemas are
+    left to fastavro, so that every schema reads as it did.
     """
     defining: list[str] = []
 
@@ -227,6 +309,8 @@ def _cavro_can_read(schema: Any) -> bool:
         if isinstance(node, str):
             return node not in defining
         if isinstance(node, list):
+            if {"string", "bytes"} <= {_kind(branch) for branch in node}:
+                return False
             return all(fits(branch, depth + 1) for branch in node)
         kind = node["type"]
         if kind in ("record", "error"):
@@ -278,6 +362,12 @@ class Projection:
     def __init__(
         self, writer_schema: dict[str, Any], fields: Collection[str], use_cavro: bool = True
     ) -> None:
+        if array_of_nothing(writer_schema):
+            raise RejectedAlert(
+                "unknown_schema",
+                "the writer schema has an array of items that take no bytes (null, a size-0 "
+                "fixed, records of such): a block count alone could keep the decoder reading",
+            )
         self.writer_schema = writer_schema
         self.reader_schema = reader_schema(writer_schema, fields)
         self._cavro = _cavro_reader(writer_schema, self.reader_schema) if use_cavro else None
@@ -320,10 +410,7 @@ class Projection:
             if value is not _UNREAD:
                 stream.seek(end)
                 return value
-        value = self.read(stream, end)
-        if stream.tell() != end:
-            raise RejectedAlert("schema_mismatch", f"{end - stream.tell()} bytes left after the datum")
-        return value
+        return self._read_to_end_with_fastavro(stream, end)
 
     def read_whole(self, buf: bytes, pos: int = 0) -> Any:
         """Decode the one datum that fills ``buf`` from ``pos`` to its end."""
@@ -333,4 +420,10 @@ class Projection:
                 return value
         stream = io.BytesIO(buf + PADDING)
         stream.seek(pos)
-        return self.read_to_end(stream, len(buf))
+        return self._read_to_end_with_fastavro(stream, len(buf))
+
+    def _read_to_end_with_fastavro(self, stream: io.BytesIO, end: int) -> Any:
+        value = self.read(stream, end)
+        if stream.tell() != end:
+            raise RejectedAlert("schema_mismatch", f"{end - stream.tell()} bytes left after the datum")
+        return value
