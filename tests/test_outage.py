@@ -71,6 +71,17 @@ def _lost_and_duplicated(ids: list[int], alerts: list) -> tuple[list[int], list[
     return lost, sorted(i for i, n in counts.items() if n > 1)
 
 
+def _input_positions(bootstrap: str, topic: str, alerts: list, alert_ids: list[int]) -> str:
+    """``alert_id@partition:offset`` of the given alerts in the input topic, for a failure."""
+    wanted = {a.data: a.alert_id for a in alerts if a.alert_id in set(alert_ids)}
+    found = sorted(
+        (m.partition(), m.offset(), wanted[m.value()])
+        for m in _read_all(bootstrap, topic, len(alerts), 30)
+        if m.value() in wanted
+    )
+    return ", ".join(f"{alert_id}@{partition}:{offset}" for partition, offset, alert_id in found)
+
+
 def _wait(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -152,7 +163,12 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
     decode = photometry_codec.decode if command == "repartition" else decode_record_value
     records = [decode(m.value()) for m in _read_all(bootstrap, topics["output"], len(alerts), 60)]
     ids = [r.alert_id for r in records]
-    assert _lost_and_duplicated(ids, alerts) == ([], []), log_path.read_text()[-6000:]
+    lost, duplicated = _lost_and_duplicated(ids, alerts)
+    # The message (built only on failure) says where the lost alerts sat in the input.
+    assert (lost, duplicated) == ([], []), (
+        f"lost, by input position: {_input_positions(bootstrap, topics['input'], alerts, lost)}\n"
+        + log_path.read_text()[-6000:]
+    )
     assert not _read_all(bootstrap, topics["dlq"], 0, 3)
     if command == "run-changelog":
         # The changelog holds exactly each partition's stored histories: the batches whose
