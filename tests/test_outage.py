@@ -73,7 +73,8 @@ def _lost_and_duplicated(ids: list[int], alerts: list) -> tuple[list[int], list[
 
 def _input_positions(bootstrap: str, topic: str, alerts: list, alert_ids: list[int]) -> str:
     """``alert_id@partition:offset`` of the given alerts in the input topic, for a failure."""
-    wanted = {a.data: a.alert_id for a in alerts if a.alert_id in set(alert_ids)}
+    ids = set(alert_ids)
+    wanted = {a.data: a.alert_id for a in alerts if a.alert_id in ids}
     found = sorted(
         (m.partition(), m.offset(), wanted[m.value()])
         for m in _read_all(bootstrap, topic, len(alerts), 30)

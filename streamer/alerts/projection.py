@@ -46,30 +46,42 @@ _NAMED_TYPES = ("record", "error", "enum", "fixed")
 PADDING = bytes(16)
 
 
-def named_types(schema: Any) -> dict[str, dict[str, Any]]:
-    """Definitions of the named types (records, enums, fixed) in a parsed schema, by full name."""
-    found: dict[str, dict[str, Any]] = {}
+def _type_nodes(schema: Any, named: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Every type written out as a dict in a parsed schema, each named type once.
 
-    def walk(node: Any) -> None:
+    With ``named`` (definitions by full name), name references are followed too: for a
+    piece of a schema whose named types may be defined elsewhere in the whole.
+    """
+    seen: set[str] = set()
+
+    def walk(node: Any) -> Iterator[dict[str, Any]]:
         if isinstance(node, list):
             for branch in node:
-                walk(branch)
+                yield from walk(branch)
+        elif isinstance(node, str):
+            if named is not None and node in named and node not in seen:
+                yield from walk(named[node])
         elif isinstance(node, dict):
             kind = node.get("type")
             if kind in _NAMED_TYPES:
-                if node["name"] in found:
+                if node["name"] in seen:
                     return
-                found[node["name"]] = node
+                seen.add(node["name"])
+            yield node
             if kind in ("record", "error"):
                 for field in node["fields"]:
-                    walk(field["type"])
+                    yield from walk(field["type"])
             elif kind == "array":
-                walk(node["items"])
+                yield from walk(node["items"])
             elif kind == "map":
-                walk(node["values"])
+                yield from walk(node["values"])
 
-    walk(schema)
-    return found
+    return walk(schema)
+
+
+def named_types(schema: Any) -> dict[str, dict[str, Any]]:
+    """Definitions of the named types (records, enums, fixed) in a parsed schema, by full name."""
+    return {node["name"]: node for node in _type_nodes(schema) if node.get("type") in _NAMED_TYPES}
 
 
 _FIXED_SIZES = {"null": 0, "boolean": 1, "float": 4, "double": 8}
@@ -96,31 +108,8 @@ def _fixed_size(schema: Any, named: dict[str, Any], seen: frozenset[str] = froze
 
 
 def _arrays(schema: Any, named: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Every array type in ``schema``, named types followed once."""
-    seen: set[str] = set()
-
-    def walk(node: Any) -> Iterator[dict[str, Any]]:
-        if isinstance(node, list):
-            for branch in node:
-                yield from walk(branch)
-        elif isinstance(node, str):
-            if node in named and node not in seen:
-                seen.add(node)
-                yield from walk(named[node])
-        elif isinstance(node, dict):
-            kind = node["type"]
-            if kind in _NAMED_TYPES:
-                seen.add(node["name"])
-            if kind in ("record", "error"):
-                for field in node["fields"]:
-                    yield from walk(field["type"])
-            elif kind == "array":
-                yield node
-                yield from walk(node["items"])
-            elif kind == "map":
-                yield from walk(node["values"])
-
-    return walk(schema)
+    """Every array type in ``schema``, name references followed."""
+    return (node for node in _type_nodes(schema, named) if node["type"] == "array")
 
 
 def array_of_nothing(schema: Any) -> bool:
@@ -233,6 +222,10 @@ _CAVRO_OPTIONS = (
 )
 
 
+#: What :meth:`_CavroReader.read` returns for bytes left to fastavro.
+_UNREAD = object()
+
+
 class _CavroReader:
     """cavro's compiled reading of one writer schema into a pruned reader schema."""
 
@@ -277,10 +270,6 @@ def _ints_as_longs(schema: Any) -> Any:
             for key, value in schema.items()
         }
     return schema
-
-
-#: What :meth:`_CavroReader.read` returns for bytes left to fastavro.
-_UNREAD = object()
 
 
 #: Deepest schema handed to cavro: its compiled readers recurse in C, unchecked.

@@ -435,12 +435,14 @@ def test_a_container_block_is_read_by_cavro_up_to_its_end() -> None:
     assert stream.tell() == end
 
 
+_ONE_LONG = parse_record_schema(
+    {"type": "record", "name": "test.one", "fields": [{"name": "n", "type": "long"}]}
+)
+
+
 def _zigzag(value: int) -> bytes:
     """An Avro long, written out here so that tests can build what writers rarely do."""
-    return encode_schemaless({"n": value}, parse_record_schema(_ONE_LONG))
-
-
-_ONE_LONG = {"type": "record", "name": "test.one", "fields": [{"name": "n", "type": "long"}]}
+    return encode_schemaless({"n": value}, _ONE_LONG)
 
 
 def _array_then_long(items: Any) -> dict[str, Any]:
