@@ -75,8 +75,10 @@ def read_changelog(bootstrap: str, topic: str, partitions: int) -> dict[int, dic
     return latest
 
 
-def _read_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list:
-    consumer = committed_reader({"bootstrap.servers": bootstrap})
+def _read_all(bootstrap: str, topic: str, expected: int, timeout: float = 30.0, **extra: Any) -> list:
+    """``topic``'s committed messages (``extra``: other consumer settings), read until
+    ``expected`` are in and then a quiet second, or ``timeout``."""
+    consumer = committed_reader({"bootstrap.servers": bootstrap}, **extra)
     consumer.subscribe([topic])
     out: list = []
     deadline = time.monotonic() + timeout
