@@ -247,7 +247,11 @@ class _CutCommit:
     - ``timed-out``: ``commit_transaction`` times out before the broker confirms it;
     - ``fatal-applied``: the broker applied the commit, then the producer failed for good
       (fenced) before learning it;
-    - ``not-applied``: the offsets never reached the broker.
+    - ``not-applied``: the offsets never reached the broker;
+    - ``lost``: the broker confirmed the commit, then lost the transaction (its markers
+      never written: seen with a single broker stopped just as it confirmed), which the
+      next abort of the producer id aborts, records and offsets; the next transaction's
+      offsets then never reach the broker.
 
     Records the offsets of every ``send_offsets_to_transaction``, ``[offsets, succeeded]``."""
 
@@ -268,7 +272,7 @@ class _CutCommit:
     def send_offsets_to_transaction(self, offsets, *args) -> None:
         sent = [{(tp.topic, tp.partition): tp.offset for tp in offsets}, False]
         self._state["sent"].append(sent)
-        if self._cut("not-applied"):
+        if self._cut("not-applied") or self._state.pop("lost", False):
             raise KafkaException(KafkaError(KafkaError._TRANSPORT, "connection cut", retriable=True))
         self._producer.send_offsets_to_transaction(offsets, *args)
         sent[1] = True
@@ -276,13 +280,22 @@ class _CutCommit:
     def commit_transaction(self, *args) -> None:
         if self._cut("timed-out"):
             raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "not confirmed in time", retriable=True))
+        if self._state["sent"][1:] and self._cut("lost"):  # a transaction after the first one
+            self._producer.abort_transaction(*args)
+            self._state["lost"] = True
+            return
         self._producer.commit_transaction(*args)
         if self._cut("fatal-applied"):
             raise KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
 
 
 #: Per way a commit is cut, how ``streamer_failed_commits_total`` counts it.
-CUT_OUTCOMES = {"timed-out": "retried", "fatal-applied": "committed", "not-applied": "rewound"}
+CUT_OUTCOMES = {
+    "timed-out": "retried",
+    "fatal-applied": "committed",
+    "not-applied": "rewound",
+    "lost": "rewound",
+}
 
 
 @pytest.mark.parametrize("cut", list(CUT_OUTCOMES))
@@ -293,7 +306,9 @@ def test_a_commit_cut_by_an_outage_is_written_exactly_once(
     """A commit that timed out is made again on the same producer; one the broker applied
     before the producer failed for good is found committed, by the batch's committed
     offsets, and neither consumed nor written again; one it never got is aborted and
-    consumed again, and the next transaction commits every partition of the cut batch too."""
+    consumed again, and the next transaction commits every partition of the cut batch too;
+    one the broker confirmed and then lost is consumed again from the group's committed
+    offsets when the next transaction fails."""
     alerts = make_alerts(n_objects=6, every=2)
     _publish(kafka_bootstrap, topics["input"], [a.data for a in alerts])
     new_producer = ConsumerLoop._new_producer

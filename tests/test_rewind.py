@@ -13,7 +13,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streamer.config import Config
 from streamer.sources import kafka as kafka_source
-from streamer.sources.kafka import ConsumerLoop, Rewind
+from streamer.sources.kafka import ConsumerLoop, Rewind, consume_again_from, covers
 
 
 class _Loop(ConsumerLoop):
@@ -108,9 +108,22 @@ def test_at_least_once_commits_only_the_batch_after_a_rewind() -> None:
 def test_a_cut_commit_counts_as_done_only_when_the_committed_offsets_cover_its_batch() -> None:
     loop = _Loop()
     batch = [_Message("in", 0, 5), _Message("in", 0, 6), _Message("in", 1, 9)]
-    assert loop._committed_through(_Consumer([], {("in", 0): 7, ("in", 1): 10}), batch)
-    assert not loop._committed_through(_Consumer([], {("in", 0): 7, ("in", 1): 9}), batch)
-    assert not loop._committed_through(_Consumer([], {("in", 0): 7}), batch)
+    consumer = _Consumer([("in", 0), ("in", 1)], {("in", 0): 7, ("in", 1): 10})
+    committed = loop._settled_committed(consumer, batch)
+    assert committed == {("in", 0): 7, ("in", 1): 10}
+    assert covers(committed, batch)
+    assert not covers({("in", 0): 7, ("in", 1): 9}, batch)
+    assert not covers({("in", 0): 7}, batch)
+
+
+def test_after_a_failed_transaction_partitions_are_consumed_again_from_the_committed_offsets() -> None:
+    """A transaction the broker confirmed can be lost (its markers never written): the
+    group's committed offsets then lag the failed batch, and every partition is consumed
+    again from the earlier of its first offset in the batch and its committed offset."""
+    batch = [_Message("in", 0, 10), _Message("in", 0, 11), _Message("in", 1, 40)]
+    committed = {("in", 0): 5, ("in", 1): 40, ("in", 2): 7, ("in", 3): -1001}
+    assert _offsets(consume_again_from(batch, committed)) == {("in", 0): 5, ("in", 1): 40, ("in", 2): 7}
+    assert _offsets(consume_again_from(batch, None)) == {("in", 0): 10, ("in", 1): 40}
 
 
 def test_committed_offsets_that_stay_unknown_mean_consuming_again_after_a_bounded_wait(monkeypatch) -> None:
@@ -123,7 +136,7 @@ def test_committed_offsets_that_stay_unknown_mean_consuming_again_after_a_bounde
     consumer = _Consumer([], {("in", 0): 7})
     consumer.error = KafkaError(KafkaError._TIMED_OUT, "unstable offsets")
     started = time.monotonic()
-    assert not loop._committed_through(consumer, [_Message("in", 0, 5)])
+    assert loop._settled_committed(consumer, [_Message("in", 0, 5)]) is None
     assert time.monotonic() - started < 5
 
 
@@ -131,7 +144,7 @@ def test_a_committed_offsets_error_that_is_no_outage_also_means_consuming_again(
     loop = _Loop()
     consumer = _Consumer([])
     consumer.error = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED)
-    assert not loop._committed_through(consumer, [_Message("in", 0, 5)])
+    assert loop._settled_committed(consumer, [_Message("in", 0, 5)]) is None
 
 
 class _Producer:
@@ -224,9 +237,9 @@ def test_a_commit_that_times_out_is_committed_again_on_the_same_producer(monkeyp
 def test_an_abortable_commit_error_aborts_replaces_the_producer_and_consumes_the_batch_again(
     monkeypatch,
 ) -> None:
-    """Aborted, the batch is known not committed: no wait on the committed offsets (they
-    would say it is, here). The producer is replaced all the same (librdkafka can hang in
-    the next transaction of one that aborted after an outage)."""
+    """Aborted, the batch is known not committed, whatever the committed offsets say (that it
+    is, here). The producer is replaced all the same (librdkafka can hang in the next
+    transaction of one that aborted after an outage)."""
     producer = _Producer(ABORTABLE)
     loop, consumer, replaced = _transactional(producer, monkeypatch)
     consumer.stored = COVERING
@@ -235,6 +248,21 @@ def test_an_abortable_commit_error_aborts_replaces_the_producer_and_consumes_the
     assert _offsets(rewind.value.offsets) == {("in", 0): 10, ("in", 1): 40}
     assert (producer.commits, producer.aborts, len(replaced)) == (1, 1, 1)
     assert _failed_commits(loop, "rewound") == 1
+
+
+def test_an_aborted_batch_after_a_lost_transaction_is_consumed_again_from_the_committed_offsets(
+    monkeypatch,
+) -> None:
+    """The transaction before the failed one was confirmed, then lost: partition 0's
+    committed offset lags the failed batch (5, not 10). Its messages are consumed again
+    from 5; a partition without a committed offset from the log's start."""
+    loop, consumer, _ = _transactional(_Producer(ABORTABLE), monkeypatch)
+    consumer.assigned.append(TopicPartition("in", 2))
+    consumer.stored = {("in", 0): 5, ("in", 1): 40}
+    consumer.get_watermark_offsets = lambda tp, timeout, cached: (3, 99)  # type: ignore[attr-defined]
+    with pytest.raises(Rewind) as rewind:
+        loop._commit_batch(BATCH, lambda: None)
+    assert _offsets(rewind.value.offsets) == {("in", 0): 5, ("in", 1): 40, ("in", 2): 3}
 
 
 def test_a_commit_still_unconfirmed_after_a_while_is_settled_by_a_new_producer(monkeypatch) -> None:

@@ -12,7 +12,9 @@ new producer's ``init_transactions`` completes the transaction one way or the ot
 the group's committed offsets, part of the transaction, tell whether the batch went through.
 At-least-once, flush and commit are retried. A
 batch not committed is consumed again from its first offsets (:class:`Rewind`; ``streamer
-run`` also the batch it consumed since, see :func:`earliest`) once the broker is back, for
+run`` also the batch it consumed since, see :func:`earliest`; exactly-once, every partition
+also from the group's committed offset where that is earlier, see
+:func:`consume_again_from`) once the broker is back, for
 up to ``STREAMER_BROKER_OUTAGE_S``; then the process exits 1 and a restart resumes from the
 committed offsets.
 """
@@ -185,6 +187,28 @@ def earliest(*offsets: list[TopicPartition]) -> list[TopicPartition]:
         key = (tp.topic, tp.partition)
         low[key] = min(low.get(key, tp.offset), tp.offset)
     return [TopicPartition(t, p, o) for (t, p), o in low.items()]
+
+
+def covers(committed: dict[tuple[str, int], int], batch: list[Any]) -> bool:
+    """Whether the group's ``committed`` offsets cover every message of ``batch``."""
+    return all(committed.get((tp.topic, tp.partition), -1) >= tp.offset for tp in next_offsets(batch))
+
+
+def consume_again_from(
+    batch: list[Any], committed: dict[tuple[str, int], int] | None
+) -> list[TopicPartition]:
+    """Where to consume again after a failed transaction: each partition of ``batch`` from
+    its first offset, and every partition from the group's ``committed`` offset where that
+    is earlier (or the batch lacks it).
+
+    A transaction the broker confirmed can still be lost: a single broker stopped just as it
+    confirmed a commit came back without the transaction's markers, and the next abort of
+    the same producer id then aborted its records; its offsets, in the same transaction,
+    were not committed either. The committed offsets, read once the new producer has settled
+    the failed transaction, are where the group's output really ends.
+    """
+    behind = [TopicPartition(t, p, o) for (t, p), o in (committed or {}).items() if o >= 0]
+    return earliest(first_offsets(batch), behind)
 
 
 class ConsumerLoop:
@@ -620,14 +644,17 @@ class ConsumerLoop:
         log.warning("replacing the transactional producer (%s)", reason)
         self._replace_producer()
         self._delivery_error = None  # the old producer's purged messages
-        if not aborted and self._committed_through(consumer, batch):
+        committed = self._settled_committed(consumer, batch)
+        if committed is not None:
+            committed = self._or_start_offsets(consumer, committed)
+        if not aborted and committed is not None and covers(committed, batch):
             log.warning("batch committed after all (%s): not consuming it again", reason)
             self.metrics.failed_commits.labels(outcome="committed").inc()
             self._rewound = {}  # committed with it
             return
         self.metrics.failed_commits.labels(outcome="rewound").inc()
         log.warning("batch not committed (%s): consuming it again", reason)
-        raise Rewind(first_offsets(batch)) from exc
+        raise Rewind(consume_again_from(batch, committed)) from exc
 
     def _aborted(self, producer: Producer) -> bool:
         """Abort the open transaction on the same producer (:meth:`_on_same_producer`);
@@ -639,21 +666,44 @@ class ConsumerLoop:
             log.warning("aborting the transaction: %s", exc)
             return False
 
-    def _committed_through(self, consumer: Consumer, batch: list[Any]) -> bool:
-        """Whether the group's committed offsets already cover every message of ``batch``.
+    def _settled_committed(self, consumer: Consumer, batch: list[Any]) -> dict[tuple[str, int], int] | None:
+        """The group's committed offsets of the assigned partitions and of ``batch``'s, after
+        a failed transaction (see :func:`covers`, :func:`consume_again_from`).
 
-        ``False`` too when they stay unstable for :data:`COMMITTED_CHECK_S`: an offset
-        commit of the fenced producer that reached the broker after its transaction was
-        aborted stays pending until this producer's next transaction clears it (the batch is
-        then consumed again, as without the check).
+        ``None`` when they stay unstable for :data:`COMMITTED_CHECK_S`: an offset commit of
+        the fenced producer that reached the broker after its transaction was aborted stays
+        pending until this producer's next transaction clears it (the batch is then consumed
+        again from its first offsets, as without the check).
         """
-        wanted = next_offsets(batch)
+        wanted = {(tp.topic, tp.partition) for tp in [*consumer.assignment(), *next_offsets(batch)]}
         try:
-            committed = self._committed_offsets(consumer, wanted, wait_s=COMMITTED_CHECK_S)
+            return self._committed_offsets(
+                consumer, [TopicPartition(t, p) for t, p in sorted(wanted)], wait_s=COMMITTED_CHECK_S
+            )
         except KafkaException as exc:
             log.warning("committed offsets unknown (%s)", exc)
-            return False
-        return all(committed.get((tp.topic, tp.partition), -1) >= tp.offset for tp in wanted)
+            return None
+
+    def _or_start_offsets(
+        self, consumer: Consumer, committed: dict[tuple[str, int], int]
+    ) -> dict[tuple[str, int], int]:
+        """``committed``, each partition without a committed offset at the one the group
+        started it from: the log's start offset, with ``STREAMER_START_FROM`` committed or
+        beginning (with end or time such a partition is left out)."""
+        if self.config.start_from not in ("committed", "beginning"):
+            return committed
+        found = dict(committed)
+        for (topic, partition), offset in committed.items():
+            if offset < 0:
+                try:
+                    low, _ = consumer.get_watermark_offsets(
+                        TopicPartition(topic, partition), timeout=KAFKA_CALL_S, cached=False
+                    )
+                except KafkaException as exc:
+                    log.warning("start offset of %s[%d] unknown (%s)", topic, partition, exc)
+                    continue
+                found[(topic, partition)] = low
+        return found
 
     def _committed_offsets(
         self, consumer: Consumer, partitions: list[TopicPartition], wait_s: float | None = None
