@@ -645,8 +645,6 @@ class ConsumerLoop:
         self._replace_producer()
         self._delivery_error = None  # the old producer's purged messages
         committed = self._settled_committed(consumer, batch)
-        if committed is not None:
-            committed = self._or_start_offsets(consumer, committed)
         if not aborted and committed is not None and covers(committed, batch):
             log.warning("batch committed after all (%s): not consuming it again", reason)
             self.metrics.failed_commits.labels(outcome="committed").inc()
@@ -654,6 +652,8 @@ class ConsumerLoop:
             return
         self.metrics.failed_commits.labels(outcome="rewound").inc()
         log.warning("batch not committed (%s): consuming it again", reason)
+        if committed is not None:
+            committed = self._or_start_offsets(consumer, committed)
         raise Rewind(consume_again_from(batch, committed)) from exc
 
     def _aborted(self, producer: Producer) -> bool:
