@@ -72,26 +72,14 @@ def _lost_and_duplicated(ids: list[int], alerts: list) -> tuple[list[int], list[
     return lost, sorted(i for i, n in counts.items() if n > 1)
 
 
-def _input_positions(bootstrap: str, topic: str, alerts: list, alert_ids: list[int]) -> str:
-    """``alert_id@partition:offset`` of the given alerts in the input topic, for a failure."""
+def _positions(messages: list, alert_id_of, alert_ids: list[int]) -> str:
+    """``alert_id@partition:offset`` of the given alerts among ``messages`` (``alert_id_of``:
+    a message value's alert id, or None), ``alert_id@absent`` for those not there: for a
+    failure's message."""
     ids = set(alert_ids)
-    wanted = {a.data: a.alert_id for a in alerts if a.alert_id in ids}
-    found = sorted(
-        (m.partition(), m.offset(), wanted[m.value()])
-        for m in _read_all(bootstrap, topic, len(alerts), 30)
-        if m.value() in wanted
-    )
-    return ", ".join(f"{alert_id}@{partition}:{offset}" for partition, offset, alert_id in found)
-
-
-def _uncommitted_positions(bootstrap: str, topic: str, decode, alert_ids: list[int]) -> str:
-    """``alert_id@partition:offset`` of the given alerts' records in ``topic`` read
-    uncommitted (aborted and open transactions too), ``alert_id@absent`` for those never
-    written, for a failure: it tells a record hidden by its transaction from one lost."""
-    ids = set(alert_ids)
-    found = {}
-    for m in _read_all(bootstrap, topic, 10**9, 15, **{"isolation.level": "read_uncommitted"}):
-        alert_id = decode(m.value()).alert_id
+    found: dict[int, list[str]] = {}
+    for m in messages:
+        alert_id = alert_id_of(m.value())
         if alert_id in ids:
             found.setdefault(alert_id, []).append(f"{m.partition()}:{m.offset()}")
     return ", ".join(f"{i}@{'/'.join(found.get(i, ['absent']))}" for i in sorted(ids))
@@ -186,10 +174,15 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
             shutil.copytree(local_kafka.work_dir, tmp_path / "broker", dirs_exist_ok=True)
         except OSError as exc:  # a file the live broker removed meanwhile
             print(f"broker files partly copied: {exc}")
+        by_data = {a.data: a.alert_id for a in alerts}
+        inputs = _read_all(bootstrap, topics["input"], len(alerts), 30)
+        # Read uncommitted, aborted and open transactions too: tells a record hidden by its
+        # transaction from one never written.
+        outputs = _read_all(bootstrap, topics["output"], 10**9, 15, **{"isolation.level": "read_uncommitted"})
         where = (
-            f"lost, by input position: {_input_positions(bootstrap, topics['input'], alerts, lost)}\n"
+            f"lost, by input position: {_positions(inputs, by_data.get, lost)}\n"
             f"lost, in the output read uncommitted: "
-            f"{_uncommitted_positions(bootstrap, topics['output'], decode, lost)}\n"
+            f"{_positions(outputs, lambda value: decode(value).alert_id, lost)}\n"
         )
         pytest.fail(f"lost {lost}, duplicated {duplicated}\n{where}{log_path.read_text()[-6000:]}")
     assert not _read_all(bootstrap, topics["dlq"], 0, 3)
