@@ -41,6 +41,15 @@ detection at S/N >= 5 (it triggers an alert) and forced photometry otherwise. Hi
 lengths run from a few points to 400; three cutouts of 12 kB each. Alerts are published
 in time order to one partition. Generated once per (N, seed) into ``--cache``.
 
+The ONNX settings of the environment (``STREAMER_ONNX_PROVIDERS``, ``STREAMER_ONNX_BATCH_SIZE``,
+``STREAMER_ONNX_THREADS``) apply to the ceiling and to the service alike; (a) names the
+execution providers in use, the windows per onnxruntime run and the share of them that is
+padding (the last run of a batch is filled up to the batch size). On a GPU machine, with
+onnxruntime-gpu installed:
+
+    STREAMER_ONNX_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider \
+    STREAMER_ONNX_BATCH_SIZE=256 python benchmarks/e2e.py --models astromer1-sized --decode-processes 4
+
 ``--memory N`` adds a run of N alerts (default 100,000) with the small model, reporting
 the service's peak RSS after 20,000 alerts and at the end (window cache 32 MiB and curve
 memo 16 MiB, so that both are full long before 20,000 alerts; histories of 3 to 60 points,
@@ -76,11 +85,13 @@ import numpy as np
 
 from streamer import kafka_local
 from streamer.alerts import AlertDecoder, synthetic
+from streamer.config import Config
 from streamer.embed import synthetic as models
 from streamer.embedder import LightCurveEmbedder, load_model
 from streamer.history import MemoryHistoryStore
 from streamer.photometry import BANDS, POINT_DTYPE, PointKind, flux_to_mag
 from streamer.pipeline import Message, Pipeline
+from streamer.service import onnx_session_kwargs
 
 CUTOUT_BYTES = (12_000, 12_000, 12_000)
 MAX_POINTS = 400
@@ -243,9 +254,31 @@ def build_models(names: list[str], directory: Path) -> list[Model]:
     return out
 
 
+def onnx_settings() -> tuple[int | None, dict | None]:
+    """ONNX batch size and ``InferenceSession`` arguments from this environment's
+    ``STREAMER_ONNX_*`` settings, read as the service (which inherits the environment) reads
+    them, so that the ceiling runs on the same execution provider as (b) and (c)."""
+    config = Config.load(
+        {
+            **os.environ,
+            "STREAMER_BOOTSTRAP_SERVERS": "unused:9092",
+            "STREAMER_INPUT_TOPICS": "unused",
+            "STREAMER_OUTPUT_TOPIC": "unused",
+        }
+    )
+    return config.onnx_batch_size, onnx_session_kwargs(config)
+
+
 def engine_ceiling(model: Model, stream: Stream) -> dict[str, float]:
     """Embedding time alone, on the curves the service embeds, in its batches."""
-    session = load_model(model.family, model_file=model.path, cache_bytes=WINDOW_CACHE)
+    batch_size, session_kwargs = onnx_settings()
+    session = load_model(
+        model.family,
+        model_file=model.path,
+        cache_bytes=WINDOW_CACHE,
+        batch_size=batch_size,
+        ort_session_kwargs=session_kwargs,
+    )
     embedder = LightCurveEmbedder(session, model.label, memo_bytes=CURVE_MEMO)
     pipeline = Pipeline(AlertDecoder("confluent"), MemoryHistoryStore(), embedder)
     messages = [Message(a, str(i)) for i, a in enumerate(stream)]
@@ -261,6 +294,10 @@ def engine_ceiling(model: Model, stream: Stream) -> dict[str, float]:
         "alerts/s": len(stream) / seconds,
         "embeddings/s": records / seconds,
         "windows": session.windows_computed,
+        # Every onnxruntime run gets batch_size windows, the last of a batch padded.
+        "padding": 1 - session.windows_computed / max(session.onnx_runs * session.batch_size, 1),
+        "providers": ",".join(session.session.get_providers()),
+        "batch_size": session.batch_size,
         "seconds": seconds,
         "cpu_ms/alert": 1e3 * cpu / len(stream),
     }
@@ -428,7 +465,8 @@ def report(
     print(f"\n== {model.label} ({'sized' if model.sized else 'small signature'}) ==")
     print(
         f"(a) ceiling   {ceiling['alerts/s']:8.1f} alerts/s {a:8.1f} embeddings/s  "
-        f"({ceiling['windows']} windows)"
+        f"({ceiling['windows']} windows; {ceiling['providers']}, {ceiling['batch_size']} windows a run, "
+        f"{100 * ceiling['padding']:.0f}% of them padding)"
     )
     for tag, run in (("(b) e2e EOS ", eos), ("(c) e2e ALOS", alos)):
         s = run.summary

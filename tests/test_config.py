@@ -138,6 +138,30 @@ def test_onnx_providers_threads_and_batch_size_reach_the_model_session(atcat_fil
     assert model.session.get_session_options().intra_op_num_threads == 3
 
 
+def test_a_requested_provider_that_does_not_start_is_an_error_not_a_cpu_fallback(atcat_file) -> None:
+    """onnxruntime only warns and runs on the CPU when a requested provider is not there
+    (or onnxruntime-gpu cannot load CUDA); the model library must refuse instead."""
+    import onnxruntime
+
+    from streamer.embed import ModelUnavailable
+    from streamer.embedder import load_model
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime build has CUDA")
+    with (
+        pytest.warns(UserWarning, match="CUDAExecutionProvider"),
+        pytest.raises(
+            ModelUnavailable,
+            match=r"did not start CUDAExecutionProvider .* came up on CPUExecutionProvider",
+        ),
+    ):
+        load_model(
+            "atcat",
+            model_file=atcat_file,
+            ort_session_kwargs={"providers": ["CUDAExecutionProvider", "CPUExecutionProvider"]},
+        )
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

@@ -658,11 +658,29 @@ def hf_model_file(repo_id: str, filename: str) -> str:
 
 
 def create_onnx_session(model_path: str, **kwargs: Any) -> ort.InferenceSession:
-    """``onnxruntime.InferenceSession`` for a file; ``kwargs`` go to its constructor."""
+    """``onnxruntime.InferenceSession`` for a file; ``kwargs`` go to its constructor.
+
+    Raises
+    ------
+    ModelUnavailable
+        A requested execution provider did not start: onnxruntime-gpu, for one, logs a
+        warning and runs on the CPU when it cannot load CUDA or cuDNN; a GPU deployment
+        that silently ran on its pod's few cores would fall behind the stream.
+    """
     try:
         import onnxruntime
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise ImportError(
             "An ONNX runtime is required: pip install onnxruntime (or onnxruntime-gpu for CUDA)"
         ) from exc
-    return onnxruntime.InferenceSession(model_path, **kwargs)
+    session = onnxruntime.InferenceSession(model_path, **kwargs)
+    requested = [p if isinstance(p, str) else p[0] for p in kwargs.get("providers") or ()]
+    started = session.get_providers()
+    missing = [name for name in requested if name not in started]
+    if missing:
+        raise ModelUnavailable(
+            f"onnxruntime did not start {', '.join(missing)} for {model_path} (the session came up "
+            f"on {', '.join(started)}); onnxruntime's warning above says why, e.g. CUDA or cuDNN "
+            "libraries not found (LD_LIBRARY_PATH) or no GPU visible"
+        )
+    return session
