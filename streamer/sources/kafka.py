@@ -70,6 +70,11 @@ BLOCKED_CALL_MARGIN_S = 60.0
 #: before the producer is replaced (seconds): after an outage, librdkafka 2.16 can lose the
 #: transaction coordinator for good.
 SAME_PRODUCER_S = 30.0
+#: How long a ``send_offsets_to_transaction`` is waited for past its own timeout before its
+#: producer is given up (seconds): librdkafka 2.16 can block in it for good, whatever the
+#: timeout, in a producer whose connections a restarting broker closed just after a
+#: commit (librdkafka logs that at level info only, so the producer was not replaced first).
+STUCK_CALL_S = 10.0
 #: How long a replaced producer is given to close (seconds).
 CLOSE_S = 10.0
 #: Pause before a failed Kafka call is made again (seconds).
@@ -128,8 +133,8 @@ class _Resume(NamedTuple):
 
 class _Unsettled(KafkaException):
     """A call still failing with a retriable error after :data:`SAME_PRODUCER_S` (a commit:
-    it may yet go through, so it is not aborted; a new producer settles it, see
-    :meth:`ConsumerLoop._recover`)."""
+    it may yet go through, so it is not aborted), or one blocked past its timeout; a new
+    producer settles the transaction, see :meth:`ConsumerLoop._recover`."""
 
 
 class FatalKafkaError(RuntimeError):
@@ -560,9 +565,7 @@ class ConsumerLoop:
             written = time.perf_counter()
             offsets = self._with_rewound(consumer, next_offsets(batch))
             with self.health.kafka_call():
-                producer.send_offsets_to_transaction(
-                    offsets, consumer.consumer_group_metadata(), KAFKA_CALL_S
-                )
+                self._send_offsets(producer, offsets, consumer.consumer_group_metadata())
             retried = self._commit_retrying(producer)
         except _Unsettled as exc:
             self._recover(producer, batch, exc, abortable=False)
@@ -579,6 +582,34 @@ class ConsumerLoop:
             log.info("committed after the rewind: %s", positions(offsets))
         self._rewound = {}
         return written
+
+    def _send_offsets(self, producer: Producer, offsets: list[TopicPartition], group: Any) -> None:
+        """``send_offsets_to_transaction``, in a thread of its own, waited for up to
+        :data:`KAFKA_CALL_S` + :data:`STUCK_CALL_S`; beyond, :class:`_Unsettled`: the
+        transaction is left to a new producer (see :meth:`_recover`), the blocked call
+        behind with the old one."""
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                producer.send_offsets_to_transaction(offsets, group, KAFKA_CALL_S)
+            except BaseException as exc:  # handed to the loop's thread
+                failed.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=send, name="send-offsets", daemon=True).start()
+        if not done.wait(KAFKA_CALL_S + STUCK_CALL_S):
+            raise _Unsettled(
+                KafkaError(
+                    KafkaError._TIMED_OUT,
+                    f"send_offsets_to_transaction blocked past its {KAFKA_CALL_S:.0f} s timeout",
+                    retriable=True,
+                )
+            )
+        if failed:
+            raise failed[0]
 
     def _commit_retrying(self, producer: Producer) -> bool:
         """``commit_transaction`` on the same producer (:meth:`_on_same_producer`); whether it
