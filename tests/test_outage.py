@@ -5,6 +5,7 @@ duplicated."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import shutil
@@ -14,6 +15,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -86,6 +89,26 @@ def _positions(messages: list, alert_id_of, alert_ids: list[int]) -> str:
     return ", ".join(f"{i}@{'/'.join(found.get(i, ['absent']))}" for i in sorted(ids))
 
 
+@contextlib.contextmanager
+def _streamer(command: str, env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen]:
+    """``streamer <command>`` as a process logging to ``log_path``. On a failure in the block
+    every thread's stack goes to its log, it is killed and the log's end printed; else it is
+    stopped (SIGTERM) and must exit with status 0."""
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", command], env=env, stderr=log)
+    try:
+        yield proc
+    except BaseException:
+        proc.send_signal(signal.SIGUSR1)  # every thread's stack into the log, then stop it
+        time.sleep(1)
+        proc.kill()
+        print(log_path.read_text()[-6000:])
+        raise
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(60)
+    assert code == 0, log_path.read_text()[-3000:]
+
+
 def _wait(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -126,10 +149,7 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
         "STREAMER_EXIT_WHEN_CAUGHT_UP": "false",
     }
     log_path = tmp_path / f"{command}.log"
-    with log_path.open("w") as log:
-        argv = [sys.executable, "-m", "streamer.cli", command.split("-")[0]]
-        proc = subprocess.Popen(argv, env=env, stderr=log)
-    try:
+    with _streamer(command.split("-")[0], env, log_path) as proc:
         _wait(lambda: _counter(port, progress) > 0, 90, "the first alerts")
         assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
 
@@ -154,15 +174,6 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
         )
         _wait(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "ready again")
         assert proc.poll() is None
-    except BaseException:
-        proc.send_signal(signal.SIGUSR1)  # every thread's stack into the log, then stop it
-        time.sleep(1)
-        proc.kill()
-        print(log_path.read_text()[-6000:])
-        raise
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(60)
-    assert code == 0, log_path.read_text()[-3000:]
 
     decode = photometry_codec.decode if command == "repartition" else decode_record_value
     records = [decode(m.value()) for m in _read_all(bootstrap, topics["output"], len(alerts), 60)]
@@ -226,10 +237,7 @@ def test_a_broker_restarted_between_transactions_does_not_stall_the_next_one(
         env = _repartition_env(bootstrap, topics["input"], topics["output"], topics["dlq"])
     env = {**os.environ, **env, "STREAMER_BATCH_MAX_MESSAGES": "10", "STREAMER_EXIT_WHEN_CAUGHT_UP": "false"}
     group = env["STREAMER_GROUP_ID"]
-    log_path = tmp_path / f"{command}.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", command], env=env, stderr=log)
-    try:
+    with _streamer(command, env, tmp_path / f"{command}.log") as proc:
         _wait(lambda: _committed_total(bootstrap, group, topics["input"], 3) == half, 90, "the first half")
         time.sleep(1.0)  # idle: no request of the producer outstanding
         local_kafka.restart()
@@ -240,14 +248,6 @@ def test_a_broker_restarted_between_transactions_does_not_stall_the_next_one(
             "every alert committed after the restart",
         )
         assert proc.poll() is None
-    except BaseException:
-        proc.send_signal(signal.SIGUSR1)  # every thread's stack into the log, then stop it
-        time.sleep(1)
-        proc.kill()
-        print(log_path.read_text()[-6000:])
-        raise
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 0, log_path.read_text()[-3000:]
     decode = photometry_codec.decode if command == "repartition" else decode_record_value
     ids = [decode(m.value()).alert_id for m in _read_all(bootstrap, topics["output"], len(alerts), 60)]
     assert _lost_and_duplicated(ids, alerts) == ([], [])
