@@ -70,10 +70,13 @@ BLOCKED_CALL_MARGIN_S = 60.0
 #: before the producer is replaced (seconds): after an outage, librdkafka 2.16 can lose the
 #: transaction coordinator for good.
 SAME_PRODUCER_S = 30.0
-#: How long a ``send_offsets_to_transaction`` is waited for past its own timeout before its
-#: producer is given up (seconds): librdkafka 2.16 can block in it for good, whatever the
-#: timeout, in a producer whose connections a restarting broker closed just after a
-#: commit (librdkafka logs that at level info only, so the producer was not replaced first).
+#: How long a ``send_offsets_to_transaction`` still blocked past its own timeout is waited
+#: for once the broker answers again, before its producer is given up (seconds): librdkafka
+#: 2.16 can block in it for good, whatever the timeout, in a producer whose connections a
+#: restarting broker closed just after a commit (librdkafka logs that at level info only, so
+#: the producer was not replaced first). While the broker is away, the call is waited for:
+#: it goes on once the broker is back, and giving its transaction up meanwhile can leave its
+#: records open on a partition the restarted broker no longer counts in it.
 STUCK_CALL_S = 10.0
 #: How long a replaced producer is given to close (seconds).
 CLOSE_S = 10.0
@@ -584,10 +587,14 @@ class ConsumerLoop:
         return written
 
     def _send_offsets(self, producer: Producer, offsets: list[TopicPartition], group: Any) -> None:
-        """``send_offsets_to_transaction``, in a thread of its own, waited for up to
-        :data:`KAFKA_CALL_S` + :data:`STUCK_CALL_S`; beyond, :class:`_Unsettled`: the
-        transaction is left to a new producer (see :meth:`_recover`), the blocked call
-        behind with the old one."""
+        """``send_offsets_to_transaction``, in a thread of its own. Past its timeout it is
+        waited for while the broker is away, and for :data:`STUCK_CALL_S` once the broker
+        answers (the consumer's metadata requests), ``broker_outage_s`` at most in all;
+        beyond, :class:`_Unsettled`: the transaction is left to a new producer (see
+        :meth:`_recover`), the blocked call behind with the old one."""
+        consumer = self._kafka[0]
+        started = time.monotonic()
+        answered_since: float | None = None
         done = threading.Event()
         failed: list[BaseException] = []
 
@@ -600,14 +607,25 @@ class ConsumerLoop:
                 done.set()
 
         threading.Thread(target=send, name="send-offsets", daemon=True).start()
-        if not done.wait(KAFKA_CALL_S + STUCK_CALL_S):
-            raise _Unsettled(
-                KafkaError(
-                    KafkaError._TIMED_OUT,
-                    f"send_offsets_to_transaction blocked past its {KAFKA_CALL_S:.0f} s timeout",
-                    retriable=True,
+        while not done.wait(1.0):
+            now = time.monotonic()
+            if now - started < KAFKA_CALL_S:
+                continue
+            try:
+                consumer.list_topics(timeout=2)
+                answered_since = answered_since or now
+            except KafkaException:
+                answered_since = None
+            stuck = answered_since is not None and now - answered_since >= STUCK_CALL_S
+            if stuck or now - started > self.config.broker_outage_s:
+                raise _Unsettled(
+                    KafkaError(
+                        KafkaError._TIMED_OUT,
+                        f"send_offsets_to_transaction blocked past its {KAFKA_CALL_S:.0f} s timeout"
+                        + (f", {STUCK_CALL_S:.0f} s after the broker answered again" if stuck else ""),
+                        retriable=True,
+                    )
                 )
-            )
         if failed:
             raise failed[0]
 
