@@ -265,6 +265,34 @@ def test_an_aborted_batch_after_a_lost_transaction_is_consumed_again_from_the_co
     assert _offsets(rewind.value.offsets) == {("in", 0): 5, ("in", 1): 40, ("in", 2): 3}
 
 
+def test_an_offset_commit_of_a_lost_transaction_is_aborted_before_the_committed_offsets_decide(
+    monkeypatch,
+) -> None:
+    """The transaction before the failed one was confirmed, then lost, and the failed one
+    never reached the offsets partition: the lost one's offset commit stays pending, the
+    committed offsets unstable, until a marker of this producer id ends it. The loop aborts
+    a transaction that carries offsets on the new producer, then reads the committed offsets:
+    partition 0 is consumed again from 5, not from the failed batch's 10 (which would lose
+    5 to 9 once the next commit made the pending offsets committed)."""
+    monkeypatch.setattr(kafka_source, "COMMITTED_CHECK_S", 0.3)
+    monkeypatch.setattr(kafka_source, "KAFKA_CALL_S", 0.1)
+    loop, consumer, replaced = _transactional(_Producer(ABORTABLE), monkeypatch)
+    consumer.stored = {("in", 0): 5, ("in", 1): 40}
+    stable = consumer.committed
+
+    def committed(partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        if not (replaced and replaced[-1].aborts):  # librdkafka waits out unstable offsets
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "unstable offsets"))
+        return stable(partitions, timeout)
+
+    consumer.committed = committed  # type: ignore[method-assign]
+    with pytest.raises(Rewind) as rewind:
+        loop._commit_batch(BATCH, lambda: None)
+    assert _offsets(rewind.value.offsets) == {("in", 0): 5, ("in", 1): 40}
+    (new,) = replaced
+    assert (new.sent, new.commits, new.aborts) == ([{("in", 0): 10, ("in", 1): 40}], 0, 1)
+
+
 def test_a_commit_still_unconfirmed_after_a_while_is_settled_by_a_new_producer(monkeypatch) -> None:
     """It may yet go through: it is not aborted. The producer is replaced (librdkafka can
     lose the coordinator for good after an outage); the new one's init_transactions

@@ -694,6 +694,8 @@ class ConsumerLoop:
         self._replace_producer()
         self._delivery_error = None  # the old producer's purged messages
         committed = self._settled_committed(consumer, batch)
+        if committed is None:
+            committed = self._orphaned_offsets_aborted(consumer, batch)
         if not aborted and committed is not None and covers(committed, batch):
             log.warning("batch committed after all (%s): not consuming it again", reason)
             self.metrics.failed_commits.labels(outcome="committed").inc()
@@ -732,6 +734,34 @@ class ConsumerLoop:
         except KafkaException as exc:
             log.warning("committed offsets unknown (%s)", exc)
             return None
+
+    def _orphaned_offsets_aborted(
+        self, consumer: Consumer, batch: list[Any]
+    ) -> dict[tuple[str, int], int] | None:
+        """The committed offsets (:meth:`_settled_committed`), after closing an offset commit
+        of this producer id that no marker closed, which holds them unstable.
+
+        After the new producer settled the failed transaction, such a pending offset commit
+        can only be that of a transaction the broker confirmed and then lost (its markers
+        never written) when the failed one never reached the offsets partition: seen with a
+        single broker stopped just as it confirmed a commit. The next commit would make it
+        committed, past the lost batch; an aborted transaction that carries offsets ends it
+        instead (its ABORT marker ends every pending offset commit of the producer id).
+        ``None`` if that fails (the producer is then replaced before its next transaction)
+        or the offsets stay unknown.
+        """
+        producer = self._kafka[1]
+        log.warning("committed offsets unknown: aborting a pending offset commit no marker closed")
+        try:
+            producer.begin_transaction()
+            with self.health.kafka_call():
+                self._send_offsets(producer, first_offsets(batch), consumer.consumer_group_metadata())
+            self._on_same_producer(lambda: producer.abort_transaction(KAFKA_CALL_S))
+        except KafkaException as exc:
+            log.warning("aborting the pending offset commit: %s", exc)
+            self._producer_cut = True
+            return None
+        return self._settled_committed(consumer, batch)
 
     def _or_start_offsets(
         self, consumer: Consumer, committed: dict[tuple[str, int], int]
