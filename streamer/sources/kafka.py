@@ -721,10 +721,10 @@ class ConsumerLoop:
         """The group's committed offsets of the assigned partitions and of ``batch``'s, after
         a failed transaction (see :func:`covers`, :func:`consume_again_from`).
 
-        ``None`` when they stay unstable for :data:`COMMITTED_CHECK_S`: an offset commit of
-        the fenced producer that reached the broker after its transaction was aborted stays
-        pending until this producer's next transaction clears it (the batch is then consumed
-        again from its first offsets, as without the check).
+        ``None`` when they stay unstable for :data:`COMMITTED_CHECK_S`: a pending offset
+        commit of this producer id holds them (see :meth:`_orphaned_offsets_aborted`, which
+        ends it and reads them again; if that fails too, the batch is consumed again from
+        its first offsets).
         """
         wanted = {(tp.topic, tp.partition) for tp in [*consumer.assignment(), *next_offsets(batch)]}
         try:
@@ -756,9 +756,11 @@ class ConsumerLoop:
             producer.begin_transaction()
             with self.health.kafka_call():
                 self._send_offsets(producer, first_offsets(batch), consumer.consumer_group_metadata())
-            self._on_same_producer(lambda: producer.abort_transaction(KAFKA_CALL_S))
         except KafkaException as exc:
             log.warning("aborting the pending offset commit: %s", exc)
+            self._producer_cut = True
+            return None
+        if not self._aborted(producer):
             self._producer_cut = True
             return None
         return self._settled_committed(consumer, batch)
