@@ -15,8 +15,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -32,7 +33,6 @@ from tests.alert_factory import make_alerts
 from tests.test_repartition import _repartition, _repartition_env
 from tests.test_service import (
     _env,
-    _free_port,
     _get,
     _publish,
     _read_all,
@@ -116,38 +116,50 @@ def _wait(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def _half_published(
+    bootstrap: str, model_file: Path, tmp_path: Path, command: str, alerts: list, batch: int
+) -> tuple[dict[str, str], dict[str, str], Callable[[bytes], Any]]:
+    """Topics of 3 partitions for a long-running ``command`` (``run``, ``run-changelog``:
+    per-partition history with a changelog, or ``repartition``), the first half of
+    ``alerts`` published: the topics, the service's environment (batches of ``batch``
+    messages) and the decoder of its output records."""
+    run = uuid.uuid4().hex[:8]
+    topics = {"input": f"in-{run}", "output": f"out-{run}", "dlq": f"dlq-{run}"}
+    kafka_local.create_topics(bootstrap, {name: 3 for name in topics.values()})
+    _publish(bootstrap, topics["input"], [a.data for a in alerts[: len(alerts) // 2]])
+    if command == "repartition":
+        env = _repartition_env(bootstrap, topics["input"], topics["output"], topics["dlq"])
+        decode: Callable[[bytes], Any] = photometry_codec.decode
+    else:
+        env = _env(bootstrap, topics, model_file, STREAMER_HISTORY_PATH=str(tmp_path / "h.sqlite"))
+        decode = decode_record_value
+    if command == "run-changelog":  # per-partition history, its changelog in the transaction
+        topics["changelog"] = f"history-{run}"
+        kafka_local.create_topics(bootstrap, {topics["changelog"]: 3}, config={"cleanup.policy": "compact"})
+        env["STREAMER_HISTORY_CHANGELOG_TOPIC"] = topics["changelog"]
+    env = {
+        **os.environ,
+        **env,
+        "STREAMER_BATCH_MAX_MESSAGES": str(batch),
+        "STREAMER_EXIT_WHEN_CAUGHT_UP": "false",
+    }
+    return topics, env, decode
+
+
 @pytest.mark.parametrize("command", ["run", "run-changelog", "repartition"])
 def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
     local_kafka, atcat_file, tmp_path, command
 ) -> None:
     bootstrap = local_kafka.bootstrap_servers
     alerts = make_alerts(n_objects=24, every=1, cutout_bytes=500)
-    run = uuid.uuid4().hex[:8]
-    topics = {"input": f"in-{run}", "output": f"out-{run}", "dlq": f"dlq-{run}"}
-    kafka_local.create_topics(bootstrap, {name: 3 for name in topics.values()})
-    changelog = f"history-{run}"
-    kafka_local.create_topics(bootstrap, {changelog: 3}, config={"cleanup.policy": "compact"})
     half = len(alerts) // 2
-    _publish(bootstrap, topics["input"], [a.data for a in alerts[:half]])
-
-    port = _free_port()
-    if command.startswith("run"):
-        env = _env(bootstrap, topics, atcat_file, STREAMER_HISTORY_PATH=str(tmp_path / "h.sqlite"))
-        if command == "run-changelog":  # per-partition history, its changelog in the transaction
-            env["STREAMER_HISTORY_CHANGELOG_TOPIC"] = changelog
-        # Counted once the batch's transaction is committed.
-        progress = "streamer_embeddings_produced_total"
-    else:
-        env = _repartition_env(bootstrap, topics["input"], topics["output"], topics["dlq"])
-        # A batch's alerts are decoded before its commit.
-        progress = "streamer_alerts_decoded_total"
-    env = {
-        **os.environ,
-        **env,
-        "STREAMER_METRICS_PORT": str(port),
-        "STREAMER_BATCH_MAX_MESSAGES": "20",
-        "STREAMER_EXIT_WHEN_CAUGHT_UP": "false",
-    }
+    topics, env, decode = _half_published(bootstrap, atcat_file, tmp_path, command, alerts, batch=20)
+    port = int(env["STREAMER_METRICS_PORT"])
+    # run: counted once the batch's transaction is committed; repartition: a batch's
+    # alerts are decoded before its commit.
+    progress = (
+        "streamer_alerts_decoded_total" if command == "repartition" else "streamer_embeddings_produced_total"
+    )
     log_path = tmp_path / f"{command}.log"
     with _streamer(command.split("-")[0], env, log_path) as proc:
         _wait(lambda: _counter(port, progress) > 0, 90, "the first alerts")
@@ -175,7 +187,6 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
         _wait(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "ready again")
         assert proc.poll() is None
 
-    decode = photometry_codec.decode if command == "repartition" else decode_record_value
     records = [decode(m.value()) for m in _read_all(bootstrap, topics["output"], len(alerts), 60)]
     ids = [r.alert_id for r in records]
     lost, duplicated = _lost_and_duplicated(ids, alerts)
@@ -201,7 +212,7 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
     if command == "run-changelog":
         # The changelog holds exactly each partition's stored histories: the batches whose
         # transactions the outage aborted were written again with their re-processing.
-        latest = read_changelog(bootstrap, changelog, 3)
+        latest = read_changelog(bootstrap, topics["changelog"], 3)
         objects = set()
         for p in range(3):
             values = latest.get(p, {})
@@ -226,16 +237,8 @@ def test_a_broker_restarted_between_transactions_does_not_stall_the_next_one(
     committed, within a minute, and written exactly once."""
     bootstrap = local_kafka.bootstrap_servers
     alerts = make_alerts(n_objects=6, every=2, cutout_bytes=500)
-    run = uuid.uuid4().hex[:8]
-    topics = {"input": f"in-{run}", "output": f"out-{run}", "dlq": f"dlq-{run}"}
-    kafka_local.create_topics(bootstrap, {name: 3 for name in topics.values()})
     half = len(alerts) // 2
-    _publish(bootstrap, topics["input"], [a.data for a in alerts[:half]])
-    if command == "run":
-        env = _env(bootstrap, topics, atcat_file, STREAMER_HISTORY_PATH=str(tmp_path / "h.sqlite"))
-    else:
-        env = _repartition_env(bootstrap, topics["input"], topics["output"], topics["dlq"])
-    env = {**os.environ, **env, "STREAMER_BATCH_MAX_MESSAGES": "10", "STREAMER_EXIT_WHEN_CAUGHT_UP": "false"}
+    topics, env, decode = _half_published(bootstrap, atcat_file, tmp_path, command, alerts, batch=10)
     group = env["STREAMER_GROUP_ID"]
     with _streamer(command, env, tmp_path / f"{command}.log") as proc:
         _wait(lambda: _committed_total(bootstrap, group, topics["input"], 3) == half, 90, "the first half")
@@ -248,7 +251,6 @@ def test_a_broker_restarted_between_transactions_does_not_stall_the_next_one(
             "every alert committed after the restart",
         )
         assert proc.poll() is None
-    decode = photometry_codec.decode if command == "repartition" else decode_record_value
     ids = [decode(m.value()).alert_id for m in _read_all(bootstrap, topics["output"], len(alerts), 60)]
     assert _lost_and_duplicated(ids, alerts) == ([], [])
 

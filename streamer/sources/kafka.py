@@ -577,7 +577,7 @@ class ConsumerLoop:
             self._recover(producer, batch, exc)  # returns only if the batch is committed
             return written or time.perf_counter()
         except BaseException:
-            self._abort(producer)
+            self._aborted(producer, self._retrying)
             raise
         if retried:
             self.metrics.failed_commits.labels(outcome="retried").inc()
@@ -684,10 +684,10 @@ class ConsumerLoop:
         if abortable:
             if isinstance(failed, KafkaError) and not transient(failed):
                 # Consuming the batch again would fail the same way, for ever.
-                self._abort(producer)
+                self._aborted(producer, self._retrying)
                 raise FatalKafkaError(f"Kafka: delivery failed: {failed.str()}") from exc
             if err is None or self._fatal or self.stopping or not (err.fatal() or transient(err)):
-                self._abort(producer)
+                self._aborted(producer, self._retrying)
                 raise exc
         aborted = abortable and err is not None and not err.fatal() and self._aborted(producer)
         log.warning("replacing the transactional producer (%s)", reason)
@@ -707,11 +707,15 @@ class ConsumerLoop:
             committed = self._or_start_offsets(consumer, committed)
         raise Rewind(consume_again_from(batch, committed)) from exc
 
-    def _aborted(self, producer: Producer) -> bool:
-        """Abort the open transaction on the same producer (:meth:`_on_same_producer`);
-        whether it was aborted."""
+    def _aborted(
+        self, producer: Producer, retrying: Callable[[Callable[[], None]], object] | None = None
+    ) -> bool:
+        """Abort the open transaction, the call made again while it fails with a retriable
+        error by ``retrying`` (by default :meth:`_on_same_producer`, up to
+        :data:`SAME_PRODUCER_S`; :meth:`_retrying` waits out a broker outage); whether it
+        was aborted."""
         try:
-            self._on_same_producer(lambda: producer.abort_transaction(KAFKA_CALL_S))
+            (retrying or self._on_same_producer)(lambda: producer.abort_transaction(KAFKA_CALL_S))
             return True
         except KafkaException as exc:
             log.warning("aborting the transaction: %s", exc)
@@ -882,15 +886,6 @@ class ConsumerLoop:
             for (topic, partition), offset in self._rewound.items()
             if (topic, partition) in assigned and (topic, partition) not in moved
         ]
-
-    def _abort(self, producer: Producer) -> None:
-        """Abort the open transaction, waiting out a broker outage (up to ``broker_outage_s``)."""
-        if not self._exactly_once:
-            return
-        try:
-            self._retrying(lambda: producer.abort_transaction(KAFKA_CALL_S))
-        except KafkaException as exc:
-            log.warning("aborting the transaction: %s", exc)
 
     # ------------------------------------------------------------- summary
     def _mark_batch(self) -> None:
