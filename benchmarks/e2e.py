@@ -19,8 +19,9 @@ with realistic histories, and for each model prints, in one run:
   (g) 2 stages  the scale-out layout of the README: ``streamer repartition`` (exactly-once,
                 once per stream) re-publishes the alerts as compact photometry records, and
                 ``streamer run`` embeds those (exactly-once, best of --rounds): each stage's
-                alerts/s and CPU per alert, b'/a of the embedding stage, and the replicas of
-                each stage.
+                alerts/s and CPU per alert, b'/a of the embedding stage and the model's
+                share of that stage's CPU, which bounds it (as in (f)), and the replicas
+                of each stage.
                 Both stages share this machine's cores here, in turn; deployed, they run
                 side by side on their own (--no-two-stage skips it)
   (h) decoding  with ``--decode-processes K``: (b) again with K decoding worker processes
@@ -510,12 +511,14 @@ def two_stage_report(
     rate_r, rate_e = repartition.rate("alerts"), embed.rate("alerts")
     cpu_r, cpu_e = repartition.cpu_ms_per_alert, embed.cpu_ms_per_alert
     (rn, rb), (en, eb) = replicas(rate_r, night_hours), replicas(rate_e, night_hours)
+    # As in (f): the CPU of the embedding stage's broker share too.
+    share = ceiling["cpu_ms/alert"] / (cpu_e + 1e3 * embed.broker_cpu / embed.summary["alerts"])
     print(
         f"(g) 2 stages  repartition {rate_r:.1f} alerts/s ({cpu_r:.2f} ms CPU an alert); "
         f"streamer run on its photometry topic, EOS: {rate_e:.1f} alerts/s "
         f"({embed.summary['embeddings']} records, {cpu_e:.2f} ms CPU an alert), "
-        f"b'/a {embed.rate('embeddings') / ceiling['embeddings/s']:.2f}; "
-        f"replicas {rn} + {en} night, {rb} + {eb} burst"
+        f"b'/a {embed.rate('embeddings') / ceiling['embeddings/s']:.2f} (the model's share of the "
+        f"stage's CPU, {share:.2f}, bounds it); replicas {rn} + {en} night, {rb} + {eb} burst"
     )
 
 
