@@ -323,6 +323,11 @@ class ServiceRun:
         """CPU milliseconds an alert (all threads, decoding workers too) over the busy span."""
         return 1e3 * self.summary["cpu_seconds"] / self.summary["alerts"]
 
+    @property
+    def broker_ms_per_alert(self) -> float:
+        """The broker's CPU milliseconds an alert of this run (0: not measured)."""
+        return 1e3 * self.broker_cpu / self.summary["alerts"]
+
     def peak_rss_mb_at(self, consumed: int) -> float:
         after = [hwm for n, hwm in self.rss_samples if n >= consumed]
         return (after[0] if after else self.rss_samples[-1][1]) / 1024
@@ -511,8 +516,8 @@ def two_stage_report(
     rate_r, rate_e = repartition.rate("alerts"), embed.rate("alerts")
     cpu_r, cpu_e = repartition.cpu_ms_per_alert, embed.cpu_ms_per_alert
     (rn, rb), (en, eb) = replicas(rate_r, night_hours), replicas(rate_e, night_hours)
-    # As in (f): the CPU of the embedding stage's broker share too.
-    share = ceiling["cpu_ms/alert"] / (cpu_e + 1e3 * embed.broker_cpu / embed.summary["alerts"])
+    # As in (f): the broker's CPU counted too.
+    share = ceiling["cpu_ms/alert"] / (cpu_e + embed.broker_ms_per_alert)
     print(
         f"(g) 2 stages  repartition {rate_r:.1f} alerts/s ({cpu_r:.2f} ms CPU an alert); "
         f"streamer run on its photometry topic, EOS: {rate_e:.1f} alerts/s "
@@ -549,11 +554,10 @@ def pool_report(
 
 def cpu_report(ceiling: dict[str, float], eos: ServiceRun) -> None:
     """(f): where the CPU went, and the end-to-end rate this machine's cores allow at that cost."""
-    alerts = eos.summary["alerts"]
     cores = len(os.sched_getaffinity(0))
     model = ceiling["cpu_ms/alert"]
     service = eos.cpu_ms_per_alert
-    broker = 1e3 * eos.broker_cpu / alerts
+    broker = eos.broker_ms_per_alert
     bound = cores * 1e3 / (service + broker)
     print(
         f"(f) CPU       per alert: model {model:.2f} ms (ceiling), service {service:.2f} ms in all "
