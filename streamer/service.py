@@ -223,18 +223,7 @@ class Service(ConsumerLoop):
         assert self._partitioned is not None
         c = self.config
         committed = {p: o for (_, p), o in self._committed_offsets(consumer, partitions).items()}
-        reader = Consumer(
-            {
-                **self._kafka_common(),
-                "group.id": f"{c.group_id}-history-restore",  # never joined, nothing committed
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-                # A bulk read: fetches that find nothing should answer at once.
-                "fetch.wait.max.ms": 10,
-            }
-        )
+        reader = self._reader("history-restore", **{"auto.offset.reset": "earliest"})
         try:
             # Timed as a blocking Kafka call from its last record read, not as a silent loop.
             with self.health.kafka_call():

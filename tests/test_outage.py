@@ -27,8 +27,8 @@ from streamer.alerts import photometry_codec
 from streamer.history import SQLiteHistoryStore
 from streamer.history import changelog as history_changelog
 from streamer.service import Service
-from streamer.sinks.kafka import decode_record_value
-from streamer.sources.kafka import ConsumerLoop, Rewind, first_offsets
+from streamer.sinks.kafka import KafkaRecordSink, decode_record_value
+from streamer.sources.kafka import FENCE_KEY, ConsumerLoop, Rewind, first_offsets, records_unread
 from tests.alert_factory import make_alerts
 from tests.test_repartition import _repartition, _repartition_env
 from tests.test_service import (
@@ -227,6 +227,68 @@ def test_broker_outage_of_30_s_mid_run_loses_and_duplicates_nothing(
         assert objects == {a.object_id for a in alerts}
 
 
+def test_the_records_of_a_transaction_read_back_only_once_it_is_committed(
+    kafka_bootstrap, kafka_topic_factory
+) -> None:
+    """What decides whether an offset commit left pending by a confirmed transaction is
+    committed or aborted: its records, noted by the sink from their delivery reports, read
+    back with read_committed once committed, and not when aborted (passed over, at once,
+    also at the partition's end)
+    or still open (the partition ends before them, till the timeout), even among another
+    producer's records and before an open transaction; each partition is told apart."""
+    topic = kafka_topic_factory(2)
+    errors: list = []
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": f"t-{uuid.uuid4().hex}"})
+    producer.init_transactions(30)
+    other = Producer({"bootstrap.servers": kafka_bootstrap})
+    sink = KafkaRecordSink(producer, topic, topic, None, errors.append)  # type: ignore[var-annotated]
+
+    def transaction(end: str, keys: list[bytes]) -> dict[tuple[str, int], list[int]]:
+        producer.begin_transaction()
+        sink.begin()
+        for key in keys:
+            sink.produce(topic=topic, key=key, value=b"x")
+            other.produce(topic, key=key, value=b"y")  # not transactional: visible at once
+        other.flush(10)
+        assert sink.written() is None, "noted before its delivery was reported"
+        producer.flush(10)
+        if end != "open":
+            (producer.commit_transaction if end == "commit" else producer.abort_transaction)(30)
+        written = sink.written()
+        assert written is not None and sum(map(len, written.values())) == len(keys)
+        return written
+
+    def unread(written: dict[tuple[str, int], list[int]]) -> set[tuple[str, int]]:
+        reader = Consumer(
+            {
+                "bootstrap.servers": kafka_bootstrap,
+                "group.id": "check",
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+            }
+        )
+        try:
+            return records_unread(reader, written, 5)
+        finally:
+            reader.close()
+
+    keys = [f"object-{i}".encode() for i in range(6)]  # both partitions
+    committed = transaction("commit", keys)
+    assert len(committed) == 2
+    aborted = transaction("abort", keys)
+    for _ in range(2):  # at the partitions' end, then before other committed records
+        started = time.monotonic()
+        assert unread(aborted) == set(aborted)
+        assert time.monotonic() - started < 5, "passed over, yet waited out the timeout"
+        after = transaction("commit", keys)
+    assert (unread(committed), unread(after)) == (set(), set())
+    assert unread({**committed, (topic, 0): committed[(topic, 0)] + aborted[(topic, 0)]}) == {(topic, 0)}
+    opened = transaction("open", keys)
+    assert (unread(opened), unread(committed)) == (set(opened), set())
+    producer.abort_transaction(30)
+    assert errors == []
+
+
 @pytest.mark.parametrize("command", ["run", "repartition"])
 def test_a_broker_restarted_between_transactions_does_not_stall_the_next_one(
     local_kafka, atcat_file, tmp_path, command
@@ -296,6 +358,9 @@ class _CutCommit:
       never written: seen with a single broker stopped just as it confirmed), which the
       next abort of the producer id aborts, records and offsets; the next transaction's
       offsets then never reach the broker;
+    - ``forgotten``: the offsets of a transaction after the first one never reach the
+      broker, and its abort fails with ``INVALID_TXN_STATE``, as with a restarted broker
+      whose coordinator forgot the transaction;
     - ``blocked``: ``send_offsets_to_transaction`` blocks for good, past its timeout (seen
       with librdkafka 2.16 in a producer whose idle connections a restarting broker closed
       just after a commit), until a new producer starts (``state["release"]``; noted in
@@ -320,7 +385,8 @@ class _CutCommit:
     def send_offsets_to_transaction(self, offsets, *args) -> None:
         sent = [{(tp.topic, tp.partition): tp.offset for tp in offsets}, False]
         self._state["sent"].append(sent)
-        if self._cut("not-applied") or self._state.pop("lost", False):
+        forgotten = self._state["sent"][1:] and self._cut("forgotten")
+        if self._cut("not-applied") or forgotten or self._state.pop("lost", False):
             raise KafkaException(KafkaError(KafkaError._TRANSPORT, "connection cut", retriable=True))
         if self._cut("blocked"):
             self._state["left_behind"] = self._state["release"].wait(120)
@@ -339,6 +405,12 @@ class _CutCommit:
         if self._cut("fatal-applied"):
             raise KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
 
+    def abort_transaction(self, *args) -> None:
+        if self._mode == "forgotten" and self._state["cut"] and not self._state.get("refused"):
+            self._state["refused"] = True
+            raise KafkaException(KafkaError(KafkaError.INVALID_TXN_STATE, "no transaction", fatal=True))
+        self._producer.abort_transaction(*args)
+
 
 #: Per way a commit is cut, how ``streamer_failed_commits_total`` counts it.
 CUT_OUTCOMES = {
@@ -346,6 +418,7 @@ CUT_OUTCOMES = {
     "fatal-applied": "committed",
     "not-applied": "rewound",
     "lost": "rewound",
+    "forgotten": "rewound",
     "blocked": "rewound",
 }
 
@@ -360,8 +433,10 @@ def test_a_commit_cut_by_an_outage_is_written_exactly_once(
     offsets, and neither consumed nor written again; one it never got is aborted and
     consumed again, and the next transaction commits every partition of the cut batch too;
     one the broker confirmed and then lost is consumed again from the group's committed
-    offsets when the next transaction fails; one whose offsets call blocks for good is left
-    to a new producer and consumed again."""
+    offsets when the next transaction fails; one whose abort fails is consumed again after
+    a transaction that ends every record it may have left open on the output partitions is
+    aborted (its records are read uncommitted only); one whose offsets call blocks for good
+    is left to a new producer and consumed again."""
     alerts = make_alerts(n_objects=6, every=2)
     _publish(kafka_bootstrap, topics["input"], [a.data for a in alerts])
     new_producer = ConsumerLoop._new_producer
@@ -396,3 +471,8 @@ def test_a_commit_cut_by_an_outage_is_written_exactly_once(
         at = next(i for i, (_, ok) in enumerate(state["sent"]) if not ok)
         after = next(offsets for offsets, ok in state["sent"][at + 1 :] if ok)
         assert set(state["sent"][at][0]) <= set(after), "a partition of the cut batch left out"
+    if cut == "forgotten":  # at least every alert and a fencing record per partition
+        written = _read_all(
+            kafka_bootstrap, topics["output"], len(alerts) + 3, **{"isolation.level": "read_uncommitted"}
+        )
+        assert sorted(m.partition() for m in written if m.key() == FENCE_KEY) == [0, 1, 2]

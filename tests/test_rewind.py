@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streamer.config import Config
+from streamer.sinks.kafka import KafkaRecordSink
 from streamer.sources import kafka as kafka_source
 from streamer.sources.kafka import ConsumerLoop, Rewind, consume_again_from, covers
 
@@ -149,13 +150,27 @@ def test_a_committed_offsets_error_that_is_no_outage_also_means_consuming_again(
 
 class _Producer:
     """Records the offsets sent with each transaction, its commits and aborts; each commit
-    raises the next error of ``failures`` (``None``: it succeeds)."""
+    raises the next error of ``failures`` (``None``: it succeeds). A produced message is
+    delivered at once, at the next offset of its partition."""
 
     def __init__(self, *failures: KafkaError | None) -> None:
         self.sent: list[dict[tuple[str, int], int]] = []
         self.failures = list(failures)
         self.commits = 0
         self.aborts = 0
+        self.ends: dict[tuple[str, int], int] = {}
+        self.fenced: list[tuple[str, int]] = []
+
+    def produce(self, *, topic: str, partition: int, on_delivery=None, **kwargs: object) -> None:
+        offset = self.ends.get((topic, partition), 0)
+        self.ends[(topic, partition)] = offset + 1
+        if kwargs.get("key") == kafka_source.FENCE_KEY:
+            self.fenced.append((topic, partition))
+        if on_delivery is not None:
+            on_delivery(None, _Message(topic, partition, offset))
+
+    def flush(self, timeout: float) -> int:
+        return 0
 
     def begin_transaction(self) -> None:
         self.begun = getattr(self, "begun", 0) + 1
@@ -189,13 +204,15 @@ def _transactional(producer: _Producer, monkeypatch, outage_s: str = "240") -> t
     loop = _Loop(STREAMER_BROKER_OUTAGE_S=outage_s)
     consumer = _Consumer([("in", 0), ("in", 1)])
     consumer.consumer_group_metadata = lambda: None  # type: ignore[attr-defined]
-    loop._kafka = (consumer, producer, None)  # type: ignore[assignment]
+    sink = KafkaRecordSink(producer, "out", "dlq", None, loop._on_delivery_error)  # type: ignore[var-annotated]
+    loop._kafka = (consumer, producer, sink)  # type: ignore[assignment]
     replaced: list[_Producer] = []
 
     def replace(self: _Loop) -> None:
         self._producer_cut = False
         replaced.append(_Producer())
-        self._kafka = (consumer, replaced[-1], None)  # type: ignore[assignment]
+        sink.producer = replaced[-1]
+        self._kafka = (consumer, replaced[-1], sink)  # type: ignore[assignment]
 
     monkeypatch.setattr(_Loop, "_replace_producer", replace)
     return loop, consumer, replaced
@@ -291,6 +308,116 @@ def test_an_offset_commit_of_a_lost_transaction_is_aborted_before_the_committed_
     assert _offsets(rewind.value.offsets) == {("in", 0): 5, ("in", 1): 40}
     (new,) = replaced
     assert (new.sent, new.commits, new.aborts) == ([{("in", 0): 10, ("in", 1): 40}], 0, 1)
+
+
+@pytest.mark.parametrize("visible", [True, False])
+def test_an_offset_commit_a_confirmed_transaction_left_pending_is_committed_if_its_records_read_back(
+    monkeypatch, visible: bool
+) -> None:
+    """The broker confirmed the transaction before the failed one, then lost its marker on
+    the offsets partition (its records visible: committed) or every marker (its records
+    aborted with the failed one's): its offset commit stays pending, the committed offsets
+    unstable. The loop reads that transaction's records back, then ends the pending commit
+    with a transaction carrying the failed batch's first offsets: committed if they all
+    read back (the confirmed batch stays done, not written twice), aborted if not (the
+    committed offsets go back to before it, and it is consumed again). A second failure
+    before any commit reads nothing back: which batch is done is not known then."""
+    monkeypatch.setattr(kafka_source, "COMMITTED_CHECK_S", 0.3)
+    monkeypatch.setattr(kafka_source, "KAFKA_CALL_S", 0.1)
+    loop, consumer, replaced = _transactional(_Producer(None, ABORTABLE), monkeypatch)
+    read_back: list[dict[tuple[str, int], list[int]]] = []
+    unread = set() if visible else {("out", 1)}
+    monkeypatch.setattr(_Loop, "_unread", lambda self, written: read_back.append(written) or unread)
+    sink = loop._kafka[2]
+    confirmed = [_Message("in", 0, o) for o in range(5, 10)] + [_Message("in", 1, 39)]
+    loop._commit_batch(confirmed, lambda: [sink.produce(topic="out", partition=p) for p in (0, 1, 1)])
+    # Unstable until a transaction of the new producer ends the pending commit, then what it left.
+    left = {("in", 0): 10, ("in", 1): 40} if visible else {("in", 0): 5, ("in", 1): 39}
+    consumer.stored = left
+    stable = consumer.committed
+
+    def committed(partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        if not (replaced[-1].commits or replaced[-1].aborts):
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "unstable offsets"))
+        return stable(partitions, timeout)
+
+    consumer.committed = committed  # type: ignore[method-assign]
+    with pytest.raises(Rewind) as rewind:
+        loop._commit_batch(BATCH, lambda: None)
+    assert read_back == [{("out", 0): [0], ("out", 1): [0, 1]}]
+    (new,) = replaced
+    assert new.sent == [{("in", 0): 10, ("in", 1): 40}]
+    assert (new.commits, new.aborts) == ((1, 0) if visible else (0, 1))
+    assert _offsets(rewind.value.offsets) == left
+
+    new.failures = [ABORTABLE]
+    with pytest.raises(Rewind):
+        loop._commit_batch(BATCH, lambda: None)
+    assert len(read_back) == 1
+    assert (replaced[-1].commits, replaced[-1].aborts) == (0, 1)
+
+
+class _Topics:
+    """``list_topics``' answer: topics ``out`` (3 partitions) and ``dlq`` (2)."""
+
+    def __init__(self) -> None:
+        part = type("Topic", (), {})
+        self.topics = {}
+        for name, count in (("out", 3), ("dlq", 2)):
+            self.topics[name] = part()
+            self.topics[name].partitions = dict.fromkeys(range(count))
+
+
+INVALID_TXN_STATE = KafkaError(KafkaError.INVALID_TXN_STATE, "failed to end transaction", fatal=True)
+
+
+@pytest.mark.parametrize(
+    ("unread", "done", "kept"),
+    [
+        (set(), True, set()),
+        ({("out", 1)}, True, {("out", 1)}),
+        ({("out", 1)}, False, set()),
+    ],
+)
+def test_records_a_restarted_broker_left_open_are_aborted_before_the_batch_is_written_again(
+    monkeypatch, unread: set, done: bool, kept: set
+) -> None:
+    """A restarted broker unaware of the failed transaction (its abort fails with
+    INVALID_TXN_STATE, no marker is written) leaves its records open, and the next commit
+    of the producer id would make them visible: the batch would be written twice. Before
+    it is consumed again, the new producer aborts a transaction with one record on every
+    partition of the topics the failed one wrote to, which ends them; but not on a
+    partition where the last confirmed transaction's records do not read back while the
+    committed offsets count it done (open there, the next commit must make them visible).
+    An abort that succeeds needs no such transaction."""
+    loop, consumer, replaced = _transactional(_Producer(None, ABORTABLE), monkeypatch)
+    monkeypatch.setattr(_Loop, "_unread", lambda self, written: unread)
+    consumer.list_topics = lambda timeout: _Topics()  # type: ignore[attr-defined]
+    sink = loop._kafka[2]
+    confirmed = [_Message("in", 0, 9)]
+    loop._commit_batch(confirmed, lambda: [sink.produce(topic="out", partition=p) for p in (0, 1)])
+    consumer.stored = {("in", 0): 10 if done else 9, ("in", 1): 40}
+
+    def abort(timeout: float) -> None:
+        raise KafkaException(INVALID_TXN_STATE)
+
+    loop._kafka[1].abort_transaction = abort  # type: ignore[method-assign]
+    failed_write = [("out", 2), ("dlq", 0)]
+    with pytest.raises(Rewind):
+        loop._commit_batch(BATCH, lambda: [sink.produce(topic=t, partition=p) for t, p in failed_write])
+    (new,) = replaced
+    everywhere = [("dlq", 0), ("dlq", 1), ("out", 0), ("out", 1), ("out", 2)]
+    assert new.fenced == [tp for tp in everywhere if tp not in kept]
+    assert (new.commits, new.aborts) == (0, 1)
+
+    loop, consumer, replaced = _transactional(_Producer(None, ABORTABLE), monkeypatch)
+    consumer.list_topics = lambda timeout: _Topics()  # type: ignore[attr-defined]
+    sink = loop._kafka[2]
+    loop._commit_batch([_Message("in", 0, 9)], lambda: [sink.produce(topic="out", partition=0)])
+    consumer.stored = {("in", 0): 10, ("in", 1): 40}
+    with pytest.raises(Rewind):
+        loop._commit_batch(BATCH, lambda: [sink.produce(topic=t, partition=p) for t, p in failed_write])
+    assert (replaced[0].fenced, replaced[0].aborts) == ([], 0)
 
 
 def test_a_commit_still_unconfirmed_after_a_while_is_settled_by_a_new_producer(monkeypatch) -> None:

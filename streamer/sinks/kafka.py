@@ -153,10 +153,33 @@ class KafkaRecordSink(Generic[RecordT]):
         self.encoder = encoder
         self._on_error = on_delivery_error
         self.dead_letter_max_bytes = dead_letter_max_bytes
+        self._queued = 0
+        self._offsets: dict[tuple[str, int], list[int]] | None = None
+        self._topics: set[str] = set()
+
+    def begin(self) -> None:
+        """Start noting where the records queued from now on land (see :meth:`written`,
+        :meth:`topics`)."""
+        self._queued = 0
+        self._offsets = {}
+        self._topics = set()
+
+    def topics(self) -> set[str]:
+        """The topics of the records queued since :meth:`begin`."""
+        return self._topics
+
+    def written(self) -> dict[tuple[str, int], list[int]] | None:
+        """The offsets of the records queued since :meth:`begin`, by topic and partition;
+        ``None`` while some are not reported delivered (or :meth:`begin` was not called)."""
+        if self._offsets is None or sum(map(len, self._offsets.values())) != self._queued:
+            return None
+        return self._offsets
 
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
             self._on_error(err)
+        elif self._offsets is not None:
+            self._offsets.setdefault((msg.topic(), msg.partition()), []).append(msg.offset())
 
     def produce(self, *, on_delivered: Callable[[Any], None] | None = None, **kwargs: Any) -> None:
         """Queue one message (``Producer.produce`` arguments), waiting while the local queue
@@ -166,14 +189,15 @@ class KafkaRecordSink(Generic[RecordT]):
         if on_delivered is not None:
 
             def callback(err: Any, msg: Any) -> None:
-                if err is not None:
-                    self._on_error(err)
-                else:
+                self._delivered(err, msg)
+                if err is None:
                     on_delivered(msg)
 
         while True:
             try:
                 self.producer.produce(on_delivery=callback, **kwargs)
+                self._queued += 1
+                self._topics.add(kwargs["topic"])
                 return
             except BufferError:
                 # Local queue full: let librdkafka send, then retry.

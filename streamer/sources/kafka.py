@@ -64,6 +64,13 @@ KAFKA_CALL_S = 5.0
 #: How long, after a commit cut by an outage, to wait for the batch's committed offsets to
 #: tell whether it went through (seconds); beyond, it is consumed again.
 COMMITTED_CHECK_S = 15.0
+#: How long to read back the records of the last transaction confirmed committed, after a
+#: failed transaction (seconds); beyond, those not read count as not visible.
+VISIBLE_CHECK_S = 15.0
+#: Key and headers of the records of a fencing transaction (see
+#: :meth:`ConsumerLoop._fence`), which is always aborted.
+FENCE_KEY = b"streamer.fence"
+FENCE_HEADERS: list[tuple[str, str | bytes | None]] = [("streamer.fence", b"aborted")]
 #: A Kafka call blocked for ``broker_outage_s`` and this long fails ``/healthz`` (seconds).
 BLOCKED_CALL_MARGIN_S = 60.0
 #: How long a failed transaction's commit or abort is tried again on the same producer
@@ -219,6 +226,70 @@ def consume_again_from(
     return earliest(first_offsets(batch), behind)
 
 
+def records_unread(
+    reader: Consumer, written: dict[tuple[str, int], list[int]], timeout_s: float
+) -> set[tuple[str, int]]:
+    """The partitions of ``written`` (record offsets by topic and partition) whose records
+    do not all read back with ``reader``, a ``read_committed`` consumer with
+    ``enable.partition.eof``, within ``timeout_s``: one passed over (aborted: a later
+    record, or the partition's end, comes first), or not reached by then (the partition
+    ends before it: in a transaction still open; its end is read again meanwhile, as it can
+    lag just after a broker restart)."""
+    left = {key: sorted(set(offsets), reverse=True) for key, offsets in written.items() if offsets}
+    reader.assign([TopicPartition(t, p, offsets[-1]) for (t, p), offsets in left.items()])
+    passed: set[tuple[str, int]] = set()
+    ended: dict[tuple[str, int], int] = {}
+    deadline = time.monotonic() + timeout_s
+    while left and time.monotonic() < deadline:
+        msg: Any = reader.poll(0.5)
+        key = (msg.topic(), msg.partition()) if msg is not None else None
+        if key not in left:
+            continue
+        err, offset, wanted = msg.error(), msg.offset(), left[key]
+        eof = err is not None and err.code() == KafkaError._PARTITION_EOF
+        if eof and offset <= wanted[-1]:
+            ended[key] = offset
+        elif err is not None and not eof:  # the broker not back yet: tried until the timeout
+            log.info("reading back the last committed records: %s", err.str())
+        elif offset > wanted[-1]:
+            log.info("%s[%d]: record %d passed over (aborted)", *key, wanted[-1])
+            passed.add(key)
+            del left[key]
+        elif offset == wanted[-1]:
+            wanted.pop()
+            if not wanted:
+                del left[key]
+    for (topic, partition), wanted in left.items():
+        end = ended.get((topic, partition))
+        log.info(
+            "%s[%d]: record %d not read back in %.0f s%s",
+            topic,
+            partition,
+            wanted[-1],
+            timeout_s,
+            f" (the partition ends at {end})" if end is not None else "",
+        )
+    return passed | set(left)
+
+
+def _names(partitions: set[tuple[str, int]]) -> str:
+    """``topic[partition], ...``, for logs."""
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(partitions))
+
+
+class _Confirmed(NamedTuple):
+    """The last transaction confirmed committed (see :meth:`ConsumerLoop._recover`)."""
+
+    #: The offsets it committed.
+    offsets: dict[tuple[str, int], int]
+    #: Where its records landed: offsets by output topic and partition.
+    written: dict[tuple[str, int], list[int]]
+
+    def done(self, committed: dict[tuple[str, int], int]) -> bool:
+        """Whether the group's ``committed`` offsets count it done."""
+        return all(committed.get(key, -1) >= offset for key, offset in self.offsets.items())
+
+
 class ConsumerLoop:
     """Mixin of a consumer-group member that writes what it consumes.
 
@@ -249,6 +320,9 @@ class ConsumerLoop:
         #: The transactional producer lost its connections since it started: it is replaced
         #: before its next transaction (see :meth:`_commit_transaction`).
         self._producer_cut = False
+        #: Exactly-once: the last transaction confirmed committed (``None``: not known, or
+        #: a failed transaction since), see :meth:`_recover`.
+        self._confirmed: _Confirmed | None = None
         #: After a rewind, per partition until its first message (see :meth:`_check_rewound`).
         self._resume_at: dict[tuple[str, int], _Resume] = {}
 
@@ -313,6 +387,23 @@ class ConsumerLoop:
             "isolation.level": "read_committed",
             "enable.partition.eof": c.exit_when_caught_up or c.until_time_ms is not None,
         }
+
+    def _reader(self, purpose: str, **settings: Any) -> Consumer:
+        """A consumer that reads assigned partitions' committed records to their end (a
+        partition-EOF event each), as group ``<group_id>-<purpose>``, never joined and
+        nothing committed; ``settings`` add to or override its configuration."""
+        return Consumer(
+            {
+                **self._kafka_common(),
+                "group.id": f"{self.config.group_id}-{purpose}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                # A bulk read: fetches that find nothing should answer at once.
+                "fetch.wait.max.ms": 10,
+                **settings,
+            }
+        )
 
     def _new_producer(self) -> Producer:
         conf = {**self._kafka_common(), "enable.idempotence": True, "linger.ms": 5}
@@ -559,11 +650,12 @@ class ConsumerLoop:
         if self._producer_cut:
             log.warning("replacing the transactional producer: it lost its connections (broker outage)")
             self._retrying(self._replace_producer)
-        consumer, producer, _ = self._kafka
+        consumer, producer, sink = self._kafka
         written = 0.0
         try:
             producer.begin_transaction()
             self._delivery_error = None
+            sink.begin()
             write()
             written = time.perf_counter()
             offsets = self._with_rewound(consumer, next_offsets(batch))
@@ -579,6 +671,10 @@ class ConsumerLoop:
         except BaseException:
             self._aborted(producer, self._retrying)
             raise
+        producer.poll(0)  # delivery reports still queued
+        records = sink.written()
+        done = {(tp.topic, tp.partition): tp.offset for tp in offsets}
+        self._confirmed = None if records is None else _Confirmed(done, records)
         if retried:
             self.metrics.failed_commits.labels(outcome="retried").inc()
         if self._rewound:
@@ -676,11 +772,21 @@ class ConsumerLoop:
         leaves the transaction to the new producer's ``init_transactions``, which fences the
         old one and completes it one way or the other; the group's committed offsets,
         committed with it, then tell which.
+
+        A single broker stopped just as it confirmed a commit, or during a transaction, can
+        come back without the transaction's markers on some partitions, or with its
+        transaction coordinator unaware of a transaction in progress: the records of the
+        last confirmed transaction and of the failed one can then stay open, and the
+        offsets committed with either pending. Where the last confirmed transaction's
+        records went is read back first (:func:`records_unread`); that decides how a
+        pending offset commit is ended (:meth:`_pending_offsets_settled`) and where a
+        batch consumed again has open records of its own ended first (:meth:`_fence`).
         """
-        consumer = self._kafka[0]
+        consumer, _, sink = self._kafka
         err = kafka_error(exc)
         reason = err.str() if err is not None else str(exc)
         failed, self._delivery_error = self._delivery_error, None
+        confirmed, self._confirmed = self._confirmed, None
         if abortable:
             if isinstance(failed, KafkaError) and not transient(failed):
                 # Consuming the batch again would fail the same way, for ever.
@@ -693,14 +799,20 @@ class ConsumerLoop:
         log.warning("replacing the transactional producer (%s)", reason)
         self._replace_producer()
         self._delivery_error = None  # the old producer's purged messages
+        unread = None if confirmed is None else self._unread(confirmed.written)
         committed = self._settled_committed(consumer, batch)
         if committed is None:
-            committed = self._orphaned_offsets_aborted(consumer, batch)
+            committed = self._pending_offsets_settled(consumer, batch, unread)
         if not aborted and committed is not None and covers(committed, batch):
             log.warning("batch committed after all (%s): not consuming it again", reason)
             self.metrics.failed_commits.labels(outcome="committed").inc()
             self._rewound = {}  # committed with it
             return
+        if not aborted and confirmed is not None and unread is not None:
+            # Where the last confirmed transaction may have records still open while the
+            # offsets count it done, the next commit must make them visible: not fenced.
+            done = committed is None or confirmed.done(committed)
+            self._fence(sink.topics() | {t for t, _ in confirmed.written}, unread if done else set())
         self.metrics.failed_commits.labels(outcome="rewound").inc()
         log.warning("batch not committed (%s): consuming it again", reason)
         if committed is not None:
@@ -726,7 +838,7 @@ class ConsumerLoop:
         a failed transaction (see :func:`covers`, :func:`consume_again_from`).
 
         ``None`` when they stay unstable for :data:`COMMITTED_CHECK_S`: a pending offset
-        commit of this producer id holds them (see :meth:`_orphaned_offsets_aborted`, which
+        commit of this producer id holds them (see :meth:`_pending_offsets_settled`, which
         ends it and reads them again; if that fails too, the batch is consumed again from
         its first offsets).
         """
@@ -739,35 +851,110 @@ class ConsumerLoop:
             log.warning("committed offsets unknown (%s)", exc)
             return None
 
-    def _orphaned_offsets_aborted(
-        self, consumer: Consumer, batch: list[Any]
+    def _pending_offsets_settled(
+        self, consumer: Consumer, batch: list[Any], unread: set[tuple[str, int]] | None
     ) -> dict[tuple[str, int], int] | None:
-        """The committed offsets (:meth:`_settled_committed`), after closing an offset commit
+        """The committed offsets (:meth:`_settled_committed`), after ending an offset commit
         of this producer id that no marker closed, which holds them unstable.
 
         After the new producer settled the failed transaction, such a pending offset commit
-        can only be that of a transaction the broker confirmed and then lost (its markers
-        never written) when the failed one never reached the offsets partition: seen with a
-        single broker stopped just as it confirmed a commit. The next commit would make it
-        committed, past the lost batch; an aborted transaction that carries offsets ends it
-        instead (its ABORT marker ends every pending offset commit of the producer id).
+        is that of the last transaction the broker confirmed, whose markers it then lost
+        (seen with a single broker stopped just as it confirmed a commit), or one of the
+        failed transaction (late, see :meth:`_rewind`, or of a transaction the restarted
+        broker forgot). The broker lost either every marker of the confirmed transaction
+        (the new producer's abort then aborted its records with the failed one's) or only
+        the one on the offsets partition (its records are visible). A transaction that
+        carries the failed batch's first offsets ends the pending commit: committed if
+        every record of the last confirmed transaction read back (``unread`` empty: its
+        offsets become committed, the failed batch's are the first offsets), aborted
+        otherwise (the committed offsets go back to before it, and it is consumed again:
+        were some of its records visible after all, they are written twice, never lost).
         ``None`` if that fails (the producer is then replaced before its next transaction)
         or the offsets stay unknown.
         """
         producer = self._kafka[1]
-        log.warning("committed offsets unknown: aborting a pending offset commit no marker closed")
+        commit = unread == set()
+        log.warning(
+            "committed offsets unknown: ending a pending offset commit no marker closed with %s",
+            "a commit (the last confirmed transaction's records all read back)"
+            if commit
+            else f"an abort (records of the last confirmed transaction not read back: {_names(unread)})"
+            if unread is not None
+            else "an abort (no transaction confirmed since the last failed one)",
+        )
         try:
             producer.begin_transaction()
             with self.health.kafka_call():
                 self._send_offsets(producer, first_offsets(batch), consumer.consumer_group_metadata())
+            if commit:
+                self._commit_retrying(producer)
         except KafkaException as exc:
-            log.warning("aborting the pending offset commit: %s", exc)
+            log.warning("ending the pending offset commit: %s", exc)
             self._producer_cut = True
             return None
-        if not self._aborted(producer):
+        if not commit and not self._aborted(producer):
             self._producer_cut = True
             return None
         return self._settled_committed(consumer, batch)
+
+    def _unread(self, written: dict[tuple[str, int], list[int]]) -> set[tuple[str, int]]:
+        """The partitions where records at ``written`` do not all read back committed (see
+        :func:`records_unread`), within :data:`VISIBLE_CHECK_S`."""
+        reader = self._reader("check", **{"auto.offset.reset": "error"})
+        try:
+            with self.health.kafka_call():
+                return records_unread(reader, written, VISIBLE_CHECK_S)
+        finally:
+            reader.close()
+
+    def _fence(self, topics: set[str], kept: set[tuple[str, int]]) -> None:
+        """Abort a transaction that writes one record to every partition of ``topics`` (those
+        the failed and the last confirmed transactions wrote to) but ``kept``, before the
+        batch is consumed again.
+
+        A restarted broker can come back with its transaction coordinator unaware of the
+        transaction in progress (the old producer's abort then fails with
+        ``INVALID_TXN_STATE``, and the new producer's ``init_transactions`` writes no
+        marker): its records stay open, and the next commit of this producer id on their
+        partition would make them visible, though the batch is written again: twice. The
+        ABORT markers of this transaction, one per partition, end them there. ``kept``:
+        partitions where records of the last confirmed transaction may still be open while
+        the committed offsets count it done, which the next commit must make visible.
+        """
+        consumer, producer, _ = self._kafka
+        try:
+            with self.health.kafka_call():
+                metadata = consumer.list_topics(timeout=KAFKA_CALL_S)
+            partitions = [
+                (topic, partition)
+                for topic in sorted(topics)
+                if topic in metadata.topics
+                for partition in sorted(metadata.topics[topic].partitions)
+                if (topic, partition) not in kept
+            ]
+            if not partitions:
+                return
+            producer.begin_transaction()
+            for topic, partition in partitions:
+                producer.produce(
+                    topic=topic, partition=partition, key=FENCE_KEY, value=b"", headers=FENCE_HEADERS
+                )
+            with self.health.kafka_call():
+                left = producer.flush(KAFKA_CALL_S)
+        except KafkaException as exc:
+            log.warning("ending records the failed transaction may have left open: %s", exc)
+            self._producer_cut = True
+            return
+        if not self._aborted(producer):
+            self._producer_cut = True
+            return
+        log.warning(
+            "aborted a transaction over %d partitions (%d written) to end records the failed one "
+            "may have left open%s",
+            len(partitions),
+            len(partitions) - left,
+            f"; not over {_names(kept)}, where the last committed one's may be open" if kept else "",
+        )
 
     def _or_start_offsets(
         self, consumer: Consumer, committed: dict[tuple[str, int], int]
