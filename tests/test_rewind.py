@@ -320,7 +320,8 @@ def test_an_offset_commit_a_confirmed_transaction_left_pending_is_committed_if_i
     unstable. The loop reads that transaction's records back, then ends the pending commit
     with a transaction carrying the failed batch's first offsets: committed if they all
     read back (the confirmed batch stays done, not written twice), aborted if not (the
-    committed offsets go back to before it, and it is consumed again). A second failure
+    committed offsets go back to before it, and it is consumed again, after its records
+    that may still be open are ended by an aborted fencing transaction). A second failure
     before any commit reads nothing back: which batch is done is not known then."""
     monkeypatch.setattr(kafka_source, "COMMITTED_CHECK_S", 0.3)
     monkeypatch.setattr(kafka_source, "KAFKA_CALL_S", 0.1)
@@ -328,6 +329,7 @@ def test_an_offset_commit_a_confirmed_transaction_left_pending_is_committed_if_i
     read_back: list[dict[tuple[str, int], list[int]]] = []
     unread = set() if visible else {("out", 1)}
     monkeypatch.setattr(_Loop, "_unread", lambda self, written: read_back.append(written) or unread)
+    consumer.list_topics = lambda timeout: _Topics()  # type: ignore[attr-defined]
     sink = loop._kafka[2]
     confirmed = [_Message("in", 0, o) for o in range(5, 10)] + [_Message("in", 1, 39)]
     loop._commit_batch(confirmed, lambda: [sink.produce(topic="out", partition=p) for p in (0, 1, 1)])
@@ -347,7 +349,8 @@ def test_an_offset_commit_a_confirmed_transaction_left_pending_is_committed_if_i
     assert read_back == [{("out", 0): [0], ("out", 1): [0, 1]}]
     (new,) = replaced
     assert new.sent == [{("in", 0): 10, ("in", 1): 40}]
-    assert (new.commits, new.aborts) == ((1, 0) if visible else (0, 1))
+    assert (new.commits, new.aborts) == ((1, 0) if visible else (0, 2))
+    assert new.fenced == ([] if visible else [("out", 0), ("out", 1), ("out", 2)])
     assert _offsets(rewind.value.offsets) == left
 
     new.failures = [ABORTABLE]
@@ -389,7 +392,8 @@ def test_records_a_restarted_broker_left_open_are_aborted_before_the_batch_is_wr
     partition of the topics the failed one wrote to, which ends them; but not on a
     partition where the last confirmed transaction's records do not read back while the
     committed offsets count it done (open there, the next commit must make them visible).
-    An abort that succeeds needs no such transaction."""
+    After an abort that succeeds, only where the last confirmed transaction's records are
+    not all read back and its batch is consumed again."""
     loop, consumer, replaced = _transactional(_Producer(None, ABORTABLE), monkeypatch)
     monkeypatch.setattr(_Loop, "_unread", lambda self, written: unread)
     consumer.list_topics = lambda timeout: _Topics()  # type: ignore[attr-defined]
@@ -410,14 +414,17 @@ def test_records_a_restarted_broker_left_open_are_aborted_before_the_batch_is_wr
     assert new.fenced == [tp for tp in everywhere if tp not in kept]
     assert (new.commits, new.aborts) == (0, 1)
 
+    # The failed transaction aborted: only the last confirmed one's records can be open,
+    # and are ended only if its batch is to be written again.
     loop, consumer, replaced = _transactional(_Producer(None, ABORTABLE), monkeypatch)
     consumer.list_topics = lambda timeout: _Topics()  # type: ignore[attr-defined]
     sink = loop._kafka[2]
-    loop._commit_batch([_Message("in", 0, 9)], lambda: [sink.produce(topic="out", partition=0)])
-    consumer.stored = {("in", 0): 10, ("in", 1): 40}
+    loop._commit_batch(confirmed, lambda: [sink.produce(topic="out", partition=p) for p in (0, 1)])
+    consumer.stored = {("in", 0): 10 if done else 9, ("in", 1): 40}
     with pytest.raises(Rewind):
         loop._commit_batch(BATCH, lambda: [sink.produce(topic=t, partition=p) for t, p in failed_write])
-    assert (replaced[0].fenced, replaced[0].aborts) == ([], 0)
+    fenced = everywhere if unread and not done else []
+    assert (replaced[0].fenced, replaced[0].aborts) == (fenced, 1 if fenced else 0)
 
 
 def test_a_commit_still_unconfirmed_after_a_while_is_settled_by_a_new_producer(monkeypatch) -> None:

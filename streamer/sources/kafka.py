@@ -808,11 +808,13 @@ class ConsumerLoop:
             self.metrics.failed_commits.labels(outcome="committed").inc()
             self._rewound = {}  # committed with it
             return
-        if not aborted and confirmed is not None and unread is not None:
+        if confirmed is not None and unread is not None:
             # Where the last confirmed transaction may have records still open while the
             # offsets count it done, the next commit must make them visible: not fenced.
             done = committed is None or confirmed.done(committed)
-            self._fence(sink.topics() | {t for t, _ in confirmed.written}, unread if done else set())
+            kept = unread if done else set()
+            if not aborted or unread - kept:  # else nothing of this producer id is open
+                self._fence(sink.topics() | {t for t, _ in confirmed.written}, kept)
         self.metrics.failed_commits.labels(outcome="rewound").inc()
         log.warning("batch not committed (%s): consuming it again", reason)
         if committed is not None:
@@ -915,11 +917,13 @@ class ConsumerLoop:
         A restarted broker can come back with its transaction coordinator unaware of the
         transaction in progress (the old producer's abort then fails with
         ``INVALID_TXN_STATE``, and the new producer's ``init_transactions`` writes no
-        marker): its records stay open, and the next commit of this producer id on their
-        partition would make them visible, though the batch is written again: twice. The
-        ABORT markers of this transaction, one per partition, end them there. ``kept``:
-        partitions where records of the last confirmed transaction may still be open while
-        the committed offsets count it done, which the next commit must make visible.
+        marker), or without the markers of the last confirmed transaction on some
+        partitions, where the abort of the failed one did not reach either: their records
+        stay open, and the next commit of this producer id on their partition would make
+        them visible, though their batches are written again: twice. The ABORT markers of
+        this transaction, one per partition, end them there. ``kept``: partitions where
+        records of the last confirmed transaction may still be open while the committed
+        offsets count it done, which the next commit must make visible.
         """
         consumer, producer, _ = self._kafka
         try:
