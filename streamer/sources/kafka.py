@@ -946,15 +946,15 @@ class ConsumerLoop:
             with self.health.kafka_call():
                 left = producer.flush(KAFKA_CALL_S)
         except KafkaException as exc:
-            log.warning("ending records the failed transaction may have left open: %s", exc)
+            log.warning("ending records the failed or last confirmed transaction left open: %s", exc)
             self._producer_cut = True
             return
         if not self._aborted(producer):
             self._producer_cut = True
             return
         log.warning(
-            "aborted a transaction over %d partitions (%d written) to end records the failed one "
-            "may have left open%s",
+            "aborted a transaction over %d partitions (%d written) to end records the failed or "
+            "the last confirmed transaction may have left open%s",
             len(partitions),
             len(partitions) - left,
             f"; not over {_names(kept)}, where the last committed one's may be open" if kept else "",
