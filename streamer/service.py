@@ -150,8 +150,6 @@ class Service(ConsumerLoop):
         self._model_counts = (0, 0, 0, 0)
         #: One history store per assigned partition (with a changelog topic), else None.
         self._partitioned: PartitionedHistory | None = None
-        #: Last changelog offset delivered per partition in the open transaction.
-        self._changelog_delivered: dict[int, int] = {}
         # The model runs here, overlapping the main thread's Kafka I/O, decoding and
         # history merges (onnxruntime releases the GIL while it computes).
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="embed") if config.pipeline else None
@@ -383,9 +381,8 @@ class Service(ConsumerLoop):
         # A failed commit leaves nothing of this batch visible; it is consumed again
         # (merges are idempotent, so it produces the same records).
         t1 = self._commit_batch(flight.batch, write)
-        producer = self._kafka[1]
         t2 = time.perf_counter()
-        self._changelog_committed(producer, flight.history_updates)
+        self._changelog_committed(flight.history_updates)
         self._mark_commit()
         seconds = dict(outcome.stage_seconds, wait=t0 - t_wait, produce=t1 - t0, commit=t2 - t1)
         self._account(flight, outcome, seconds)
@@ -393,41 +390,26 @@ class Service(ConsumerLoop):
     def _write_changelog(self, sink: KafkaRecordSink, updates: list[HistoryUpdate]) -> None:
         """Queue a batch's history changelog records (in its transaction, if exactly-once)."""
         topic = self.config.history_changelog_topic
-        self._changelog_delivered = {}
         curve_headers = [("content-type", history_changelog.CONTENT_TYPE.encode())]
         position_headers = [("content-type", history_changelog.POSITION_CONTENT_TYPE.encode())]
         for update in updates:
-            p = update.partition
-
-            def delivered(msg: Any, p: int = p) -> None:
-                self._changelog_delivered[p] = max(self._changelog_delivered.get(p, -1), int(msg.offset()))
-
+            to = {"topic": topic, "partition": update.partition}
             for object_id, value in update.curves:
-                sink.produce(
-                    topic=topic,
-                    partition=p,
-                    key=object_id.encode(),
-                    value=value,
-                    headers=curve_headers,
-                    on_delivered=delivered,
-                )
-            position = history_changelog.encode_position(self.config.input_topics[0], p, update.next_offset)
-            sink.produce(
-                topic=topic,
-                partition=p,
-                key=history_changelog.POSITION_KEY,
-                value=position,
-                headers=position_headers,
-                on_delivered=delivered,
+                sink.produce(**to, key=object_id.encode(), value=value, headers=curve_headers)
+            position = history_changelog.encode_position(
+                self.config.input_topics[0], update.partition, update.next_offset
             )
+            sink.produce(**to, key=history_changelog.POSITION_KEY, value=position, headers=position_headers)
 
-    def _changelog_committed(self, producer: Producer, updates: list[HistoryUpdate]) -> None:
+    def _changelog_committed(self, updates: list[HistoryUpdate]) -> None:
         """After a commit: the stores reflect their changelog up to what this batch wrote."""
         if self._partitioned is None or not updates:
             return
+        _, producer, sink = self._kafka
         producer.poll(0)  # serve the delivery reports still queued
+        delivered = sink.last_delivered(self._partitioned.changelog_topic)
         for update in updates:
-            last = self._changelog_delivered.get(update.partition)
+            last = delivered.get(update.partition)
             after = None if last is None else last + 1
             self._partitioned.committed(update.partition, after, update.next_offset)
 

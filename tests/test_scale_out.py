@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streamer import kafka_local
@@ -67,6 +67,15 @@ def _records(bootstrap: str, topic: str, expected: int) -> dict[int, EmbeddingRe
         assert record.alert_id not in out, f"duplicate record for alert {record.alert_id}"
         out[record.alert_id] = record
     return out
+
+
+def _end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    """Each partition's end offset (after the last record or transaction marker)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ends-{uuid.uuid4().hex}"})
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1] for p in range(partitions)}
+    finally:
+        consumer.close()
 
 
 def _assert_same_records(got: dict[int, EmbeddingRecord], want: dict[int, EmbeddingRecord]) -> None:
@@ -134,6 +143,7 @@ def test_changelog_run_gives_the_records_of_one_store_and_holds_each_objects_his
     # The changelog: each object's whole stored history, in its input partition's number,
     # and where each partition's history stands in the input.
     latest = read_changelog(kafka_bootstrap, changelog, PARTITIONS)
+    ends = _end_offsets(kafka_bootstrap, changelog, PARTITIONS)
     per_partition: dict[int, int] = defaultdict(int)
     for a in alerts:
         per_partition[partition_of[a.object_id]] += 1
@@ -143,7 +153,12 @@ def test_changelog_run_gives_the_records_of_one_store_and_holds_each_objects_his
         assert (history_changelog.decode_position(position) if position else 0) == per_partition[p]
         with SQLiteHistoryStore(tmp_path / "history" / f"{source}-{p}.sqlite") as store:
             stored = store.export_objects(store.iter_object_ids())
+            checkpoint = store.checkpoint(f"changelog:{changelog}:{p}")
         assert {k.decode() for k in values} == set(stored) == {o for o, q in partition_of.items() if q == p}
+        # The store's checkpoint: the next restore reads the changelog from just after the
+        # last record of this run (exactly-once: its commit marker follows it).
+        marker = 1 if delivery == "exactly-once" else 0
+        assert checkpoint == ends[p] - marker, (p, checkpoint, ends[p])
         for key, value in values.items():
             object_id, points = history_changelog.decode_curve(value)
             assert object_id == key.decode()

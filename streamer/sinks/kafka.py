@@ -159,7 +159,7 @@ class KafkaRecordSink(Generic[RecordT]):
 
     def begin(self) -> None:
         """Start noting where the records queued from now on land (see :meth:`written`,
-        :meth:`topics`)."""
+        :meth:`topics`, :meth:`last_delivered`)."""
         self._queued = 0
         self._offsets = {}
         self._topics = set()
@@ -175,27 +175,25 @@ class KafkaRecordSink(Generic[RecordT]):
             return None
         return self._offsets
 
+    def last_delivered(self, topic: str) -> dict[int, int]:
+        """The highest offset on each partition of ``topic`` among the records queued since
+        :meth:`begin` that are reported delivered so far."""
+        if self._offsets is None:
+            return {}
+        return {p: max(offsets) for (t, p), offsets in self._offsets.items() if t == topic}
+
     def _delivered(self, err: Any, msg: Any) -> None:
         if err is not None:
             self._on_error(err)
         elif self._offsets is not None:
             self._offsets.setdefault((msg.topic(), msg.partition()), []).append(msg.offset())
 
-    def produce(self, *, on_delivered: Callable[[Any], None] | None = None, **kwargs: Any) -> None:
+    def produce(self, **kwargs: Any) -> None:
         """Queue one message (``Producer.produce`` arguments), waiting while the local queue
-        is full; ``on_delivered`` gets the message once the broker has it, errors go to
-        ``on_delivery_error``."""
-        callback = self._delivered
-        if on_delivered is not None:
-
-            def callback(err: Any, msg: Any) -> None:
-                self._delivered(err, msg)
-                if err is None:
-                    on_delivered(msg)
-
+        is full; errors go to ``on_delivery_error``."""
         while True:
             try:
-                self.producer.produce(on_delivery=callback, **kwargs)
+                self.producer.produce(on_delivery=self._delivered, **kwargs)
                 self._queued += 1
                 self._topics.add(kwargs["topic"])
                 return

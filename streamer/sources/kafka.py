@@ -615,9 +615,10 @@ class ConsumerLoop:
         """
         if self._exactly_once:
             return self._commit_transaction(batch, write)
-        consumer, producer, _ = self._kafka
+        consumer, producer, sink = self._kafka
         try:
             self._delivery_error = None
+            sink.begin()
             write()
             written = time.perf_counter()
             offsets = next_offsets(batch)
