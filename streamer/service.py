@@ -405,9 +405,9 @@ class Service(ConsumerLoop):
         """After a commit: the stores reflect their changelog up to what this batch wrote."""
         if self._partitioned is None or not updates:
             return
-        _, producer, sink = self._kafka
-        producer.poll(0)  # serve the delivery reports still queued
-        delivered = sink.last_delivered(self._partitioned.changelog_topic)
+        # Every delivery report is served by now: at-least-once flushed the producer, and
+        # exactly-once polled it after the commit (see ConsumerLoop._commit_batch).
+        delivered = self._kafka[2].last_delivered(self._partitioned.changelog_topic)
         for update in updates:
             last = delivered.get(update.partition)
             after = None if last is None else last + 1
